@@ -1,0 +1,164 @@
+//! ansible-worker runs Ansible playbooks on request over MQTT 5 and reports
+//! their progress as retained status messages (see PROTOCOL.md).
+//!
+//! # Layout
+//! - [`config`]: TOML → checked [`config::Config`].
+//! - [`intake`]: raw request payload → checked [`model::TaskSpec`] or a refusal.
+//! - [`table`]: [`table::TaskTable`], the one owner of task state and its
+//!   change stream.
+//! - [`pool`]: `worker.concurrency` permits; queued tasks → runs.
+//! - [`mod@run`]: [`run::PlaybookRunner`], one `ansible-playbook` process each,
+//!   observed through a callback plugin; timeouts and cancel kill the tree.
+//! - [`mqtt`]: the broker connection and the status publisher.
+//!
+//! Data flows one way: MQTT request → intake → table → pool → run → table →
+//! change stream → status publisher.
+
+pub mod cli;
+pub mod config;
+pub mod intake;
+pub mod model;
+pub mod mqtt;
+pub mod pool;
+pub mod run;
+pub mod table;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+use intake::IntakePolicy;
+use mqtt::client::{self as mqtt_client, Inbound, LinkState};
+use mqtt::topics::Topics;
+use run::{PlaybookRunner, RunSettings};
+use table::TaskTable;
+
+/// Time allowed, beyond `kill_grace`, for runs, final statuses and the
+/// DISCONNECT to get out during shutdown.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+/// Errors that stop the worker from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state or runtime directory could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The MQTT client could not be configured.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt_client::ClientError),
+}
+
+/// Runs the worker until `shutdown` is cancelled, then stops taking requests,
+/// cancels queued and running tasks, publishes every final status and
+/// disconnects.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let worker = &config.worker;
+    let runtime_dir = worker
+        .state_dir
+        .join(format!("runtime-{}", worker.worker_id));
+    // Leftovers of a previous process (crash) are of no use to anyone.
+    let _ = std::fs::remove_dir_all(&runtime_dir);
+    let runner = PlaybookRunner::new(RunSettings {
+        ansible_playbook: worker.ansible_playbook_path.clone(),
+        git: worker.git_path.clone(),
+        playbook_directory: worker.playbook_directory.clone(),
+        runtime_dir: runtime_dir.clone(),
+        default_timeout: worker.task_timeout,
+        kill_grace: worker.kill_grace,
+    })
+    .map_err(|source| StartError::StateDir {
+        path: runtime_dir.display().to_string(),
+        source,
+    })?;
+    let runner = Arc::new(runner);
+
+    let table = TaskTable::new(
+        &worker.worker_id,
+        worker.max_queue_size,
+        worker.history_limit,
+    );
+    let topics = Topics::new(
+        &worker.topic_prefix,
+        &worker.group_name,
+        &worker.worker_id,
+        worker.shared_subscription,
+        worker.suffix_status_with_worker_id,
+    );
+    let (client, eventloop) = mqtt_client::client(mqtt_client::mqtt_options(&config)?);
+    let (link_tx, link_rx) = watch::channel(LinkState::default());
+    let abort_link = CancellationToken::new();
+    let inbound = Inbound {
+        table: table.clone(),
+        policy: IntakePolicy {
+            playbook_directory: worker.playbook_directory.clone(),
+            allow_ansible_vars: worker.allow_ansible_vars,
+        },
+        topics: topics.clone(),
+    };
+    let publisher = tokio::spawn(mqtt::publisher::publish_statuses(
+        client.clone(),
+        topics.clone(),
+        table.subscribe(),
+        link_rx,
+    ));
+    let link = tokio::spawn(mqtt_client::drive(
+        eventloop,
+        client.clone(),
+        inbound,
+        link_tx,
+        abort_link.clone(),
+    ));
+    let stop_pool = CancellationToken::new();
+    let runs = TaskTracker::new();
+    let pool = tokio::spawn(pool::dispatch(
+        table.clone(),
+        runner,
+        worker.concurrency,
+        stop_pool.clone(),
+        runs.clone(),
+    ));
+    tracing::info!(
+        worker_id = %worker.worker_id,
+        filter = %topics.tasks_filter(),
+        concurrency = worker.concurrency,
+        "worker started"
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: cancelling queued and running tasks");
+    let _ = client.try_unsubscribe(topics.tasks_filter());
+    stop_pool.cancel();
+    let _ = pool.await;
+    table.shutdown();
+    runs.close();
+    if tokio::time::timeout(worker.kill_grace + SHUTDOWN_MARGIN, runs.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!("runs did not end within the shutdown deadline");
+    }
+    table.close_subscribers();
+    if tokio::time::timeout(SHUTDOWN_MARGIN, publisher)
+        .await
+        .is_err()
+    {
+        tracing::error!("final statuses could not all be handed to the client");
+    }
+    let _ = client.disconnect().await;
+    if tokio::time::timeout(SHUTDOWN_MARGIN, link).await.is_err() {
+        tracing::warn!("the broker did not take the final statuses in time");
+        abort_link.cancel();
+    }
+    let _ = std::fs::remove_dir_all(&runtime_dir);
+    tracing::info!("stopped");
+    Ok(())
+}

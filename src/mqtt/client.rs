@@ -1,0 +1,246 @@
+//! The MQTT connection: options from the config, the event loop with
+//! reconnect backoff, (re)subscription, and inbound dispatch of task requests
+//! to intake and the task table.
+//!
+//! rumqttc neither backs off nor resubscribes (MQTT-NOTES.md): after a failed
+//! poll this loop sleeps (exponential, capped, with jitter) and polls again;
+//! every ConnAck without a session subscribes again. The connection state is
+//! published on a `watch` channel so the status publisher can catch up after
+//! each reconnect.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::topics::Topics;
+use crate::config::{Config, TlsConfig};
+use crate::intake::{IntakePolicy, Refusal, parse_request};
+use crate::table::TaskTable;
+
+/// Largest packet the client accepts: the broker limit (1 MiB) plus headroom
+/// for the fixed header and properties.
+pub const MAX_PACKET_SIZE: u32 = 1024 * 1024 + 64 * 1024;
+/// Requests buffered between the application and the event loop.
+const REQUEST_CAPACITY: usize = 1024;
+/// Where the system's CA bundle lives on Debian-like systems.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The state of the broker connection, as seen by the event loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Connected (a ConnAck was received and no error since).
+    pub up: bool,
+    /// Counts successful connects; changes on every reconnect.
+    pub generation: u64,
+}
+
+/// Errors building the client from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A TLS file could not be read.
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Exponential backoff with jitter between reconnect attempts.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `initial` and doubles up to `cap`.
+    pub fn new(initial: Duration, cap: Duration) -> Self {
+        Backoff {
+            initial,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: the doubled base, capped, scaled by a random 50–100 %.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(self.attempt))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// Back to the initial delay (after a successful connect).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// MQTT options for the worker's connection.
+pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
+    let (host, port) = config.mqtt.effective_host(&config.broker);
+    let mut options = MqttOptions::new(&config.worker.worker_id, host, port);
+    options
+        .set_keep_alive(config.mqtt.keepalive)
+        .set_clean_start(true)
+        .set_max_packet_size(Some(MAX_PACKET_SIZE));
+    if let Some(username) = &config.mqtt.username {
+        let password = config
+            .mqtt
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default();
+        options.set_credentials(username, password);
+    }
+    if let Some(tls) = &config.mqtt.tls {
+        options.set_transport(Transport::tls_with_config(tls_configuration(tls)?));
+    }
+    Ok(options)
+}
+
+fn tls_configuration(tls: &TlsConfig) -> Result<TlsConfiguration, ClientError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClientError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let ca = match &tls.ca_cert {
+        Some(path) => read(path)?,
+        None => read(std::path::Path::new(SYSTEM_CA_BUNDLE))?,
+    };
+    let client_auth = match &tls.client_auth {
+        Some((cert, key)) => Some((read(cert)?, read(key)?)),
+        None => None,
+    };
+    Ok(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    })
+}
+
+/// A connected client handle and its event loop.
+pub fn client(options: MqttOptions) -> (AsyncClient, EventLoop) {
+    AsyncClient::new(options, REQUEST_CAPACITY)
+}
+
+/// Everything the event loop needs to hand requests on.
+pub struct Inbound {
+    /// Where accepted requests go.
+    pub table: TaskTable,
+    /// Intake rules.
+    pub policy: IntakePolicy,
+    /// Topic names.
+    pub topics: Topics,
+}
+
+/// Drives the connection until a DISCONNECT was sent (after
+/// `AsyncClient::disconnect`) or `abort` is cancelled. Reconnects with backoff.
+pub async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    inbound: Inbound,
+    link: watch::Sender<LinkState>,
+    abort: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let filter = inbound.topics.tasks_filter();
+    let mut generation = 0;
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = abort.cancelled() => return,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff.reset();
+                generation += 1;
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
+                if !ack.session_present
+                    && let Err(e) = client.try_subscribe(&filter, QoS::ExactlyOnce)
+                {
+                    tracing::error!("cannot subscribe to {filter}: {e}");
+                }
+                link.send_replace(LinkState {
+                    up: true,
+                    generation,
+                });
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                tracing::info!(filter = %filter, reasons = ?ack.return_codes, "subscribed");
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => receive(&inbound, &publish),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                link.send_replace(LinkState {
+                    up: false,
+                    generation,
+                });
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                link.send_if_modified(|state| std::mem::replace(&mut state.up, false));
+                let delay = backoff.next_delay();
+                tracing::warn!("broker connection failed: {e}; retrying in {delay:.1?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = abort.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+fn receive(inbound: &Inbound, publish: &Publish) {
+    if publish.topic.as_ref() != inbound.topics.tasks().as_bytes() {
+        tracing::debug!(topic = ?publish.topic, "ignoring a message on an unexpected topic");
+        return;
+    }
+    match parse_request(&publish.payload, &inbound.policy) {
+        Ok(spec) => {
+            let id = spec.task_id.clone();
+            let admission = inbound.table.submit(spec);
+            tracing::info!(task_id = %id, ?admission, "task request");
+        }
+        Err(Refusal::Invalid { task_id, reason }) => {
+            tracing::warn!(task_id = %task_id, "task request refused: {reason}");
+            inbound.table.refuse(&task_id, &reason);
+        }
+        Err(Refusal::Unaddressable { reason }) => {
+            tracing::warn!("task request rejected without a status: {reason}");
+            inbound.table.count_rejected();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = backoff.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        let later: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(later.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert!(later.last().unwrap() >= &Duration::from_millis(500));
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}

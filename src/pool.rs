@@ -1,0 +1,54 @@
+//! The run pool: `worker.concurrency` permits, each one lent to a run.
+//!
+//! It takes queued tasks from the [`TaskTable`] in FIFO order whenever a permit
+//! is free, runs them with the [`PlaybookRunner`], and reports state back to
+//! the table. Dropping a run's permit frees its slot. It does not decide
+//! anything about task state itself.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::run::PlaybookRunner;
+use crate::table::TaskTable;
+
+/// Dispatches queued tasks until `stop` is cancelled; runs are spawned on
+/// `runs`, which the caller waits on to drain them.
+pub async fn dispatch(
+    table: TaskTable,
+    runner: Arc<PlaybookRunner>,
+    concurrency: usize,
+    stop: CancellationToken,
+    runs: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let (spec, cancel) = tokio::select! {
+            next = table.next_queued() => next,
+            _ = stop.cancelled() => return,
+        };
+        table.mark_running(&spec.task_id);
+        let table = table.clone();
+        let runner = runner.clone();
+        runs.spawn(async move {
+            let id = spec.task_id.clone();
+            tracing::info!(task_id = %id, playbook = %spec.playbook.display(), "run started");
+            let outcome = runner
+                .execute(&spec, cancel, |counters| table.progress(&id, counters))
+                .await;
+            tracing::info!(task_id = %id, state = outcome.state.as_str(),
+                return_code = ?outcome.return_code, "run finished");
+            table.finish(&id, outcome);
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,105 @@
+//! Ending a run's whole process tree.
+//!
+//! Ansible's forked workers call `setsid()`, so they leave the main process's
+//! group, and a task may trap SIGTERM (ANSIBLE-NOTES.md). Every process of a
+//! run therefore carries a marker variable in its environment (`RUN_MARKER_ENV`
+//! = the run's id); after the group signal, `/proc` is searched for that marker
+//! and every match is signalled too. This works unprivileged and inside
+//! containers. A process that empties its own environment escapes the sweep but
+//! not the group signal.
+
+use std::fs;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::time::{Instant, sleep};
+
+/// Environment variable that marks every process of one run.
+pub const RUN_MARKER_ENV: &str = "ANSIBLE_WORKER_RUN";
+
+/// Processes (other than zombies) whose environment carries `marker`.
+pub fn marked_processes(marker: &str) -> Vec<Pid> {
+    let needle = format!("{RUN_MARKER_ENV}={marker}");
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|byte| *byte == 0)
+                    .any(|var| var == needle.as_bytes())
+            })
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// Sends `signal` to the process group `leader` leads and to every marked
+/// process. Processes that are already gone are not an error.
+pub fn signal_run(leader: Option<Pid>, marker: &str, signal: Signal) {
+    if let Some(leader) = leader {
+        let _ = killpg(leader, signal);
+    }
+    for pid in marked_processes(marker) {
+        let _ = kill(pid, signal);
+    }
+}
+
+/// Waits until no marked process is left, or `deadline` passes; true when none
+/// is left.
+pub async fn wait_until_gone(marker: &str, deadline: Instant) -> bool {
+    loop {
+        if marked_processes(marker).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// SIGKILLs every marked process until none is left (a process may fork while
+/// it is being killed), giving up after a few seconds.
+pub async fn kill_all(leader: Option<Pid>, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        signal_run(leader, marker, Signal::SIGKILL);
+        let pass = Instant::now() + Duration::from_millis(200);
+        if wait_until_gone(marker, pass.min(deadline)).await || Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[tokio::test]
+    async fn sweep_kills_marked_processes_that_left_the_group_and_ignore_term() {
+        let marker = format!("unit-{}", std::process::id());
+        // A shell that traps SIGTERM and starts a new session for a child, as
+        // Ansible's workers do.
+        let mut child = Command::new("setsid")
+            .args(["sh", "-c", "trap '' TERM; sleep 60 & wait"])
+            .env(RUN_MARKER_ENV, &marker)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while marked_processes(&marker).len() < 2 && Instant::now() < deadline {
+            sleep(Duration::from_millis(20)).await;
+        }
+        assert!(marked_processes(&marker).len() >= 2);
+        signal_run(None, &marker, Signal::SIGTERM);
+        assert!(!wait_until_gone(&marker, Instant::now() + Duration::from_millis(300)).await);
+        kill_all(None, &marker).await;
+        let _ = child.wait();
+        assert!(marked_processes(&marker).is_empty());
+    }
+}

@@ -1,0 +1,553 @@
+//! `PlaybookRun`: one `ansible-playbook` process from start to final outcome.
+//!
+//! It owns the run's private directory (extra-vars file, event FIFO, Ansible
+//! temp dir), builds the argument vector (never a shell), starts the process
+//! as a process-group leader in the playbook directory with our callback
+//! plugin enabled, turns the plugin's event lines into coalesced progress,
+//! enforces the timeout and cancellation (see [`kill`]), and returns a
+//! [`RunOutcome`]. It does not touch the task table: the pool does that.
+
+pub mod events;
+pub mod kill;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Counters, Inventory, TaskSpec, TaskState};
+use crate::table::RunOutcome;
+use events::RunReport;
+
+/// How often, at most, a running task's counters are reported.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// How much of Ansible's stderr is kept for error messages.
+const STDERR_TAIL_BYTES: usize = 4096;
+
+/// Everything a run needs from the worker's configuration.
+#[derive(Debug)]
+pub struct RunSettings {
+    /// The `ansible-playbook` executable.
+    pub ansible_playbook: PathBuf,
+    /// The `git` executable.
+    pub git: PathBuf,
+    /// Working directory of every run and of `git pull`.
+    pub playbook_directory: PathBuf,
+    /// Private directory holding the callback plugin and one dir per run.
+    pub runtime_dir: PathBuf,
+    /// Timeout of a task that does not set its own.
+    pub default_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+/// Runs playbooks with shared settings; serialises `git pull`.
+pub struct PlaybookRunner {
+    settings: RunSettings,
+    git_lock: Mutex<()>,
+}
+
+/// How the process ended.
+enum Ending {
+    Exited(ExitStatus),
+    TimedOut(Option<ExitStatus>),
+    Cancelled(Option<ExitStatus>),
+}
+
+impl PlaybookRunner {
+    /// Prepares the runtime directory and writes the callback plugin into it.
+    pub fn new(settings: RunSettings) -> io::Result<Self> {
+        let plugins = settings.runtime_dir.join("plugins");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&plugins)?;
+        let plugin_file = plugins.join(format!("{}.py", events::CALLBACK_NAME));
+        std::fs::write(plugin_file, events::CALLBACK_PLUGIN)?;
+        Ok(PlaybookRunner {
+            settings,
+            git_lock: Mutex::new(()),
+        })
+    }
+
+    /// Runs one task to its final outcome, calling `progress` with coalesced
+    /// live counters. Cancelling `cancel` kills the run and yields `cancelled`.
+    pub async fn execute(
+        &self,
+        spec: &TaskSpec,
+        cancel: CancellationToken,
+        progress: impl Fn(Counters),
+    ) -> RunOutcome {
+        let limit = spec.timeout.unwrap_or(self.settings.default_timeout);
+        let deadline = Instant::now() + limit;
+        if spec.git_pull
+            && let Err(outcome) = self.git_pull(&cancel, deadline, limit).await
+        {
+            return outcome;
+        }
+        let run_id = format!("{}-{:08x}", spec.task_id, fastrand::u32(..));
+        let run_dir = self.settings.runtime_dir.join(&run_id);
+        let outcome = self
+            .run_in(&run_dir, &run_id, spec, &cancel, deadline, limit, &progress)
+            .await;
+        if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
+            tracing::warn!(task_id = %spec.task_id, "cannot remove {}: {e}", run_dir.display());
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_in(
+        &self,
+        run_dir: &Path,
+        run_id: &str,
+        spec: &TaskSpec,
+        cancel: &CancellationToken,
+        deadline: Instant,
+        limit: Duration,
+        progress: &impl Fn(Counters),
+    ) -> RunOutcome {
+        let prepared = match prepare_run_dir(run_dir, spec) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                return RunOutcome::refused(
+                    TaskState::Failed,
+                    format!("Cannot prepare the run directory: {e}"),
+                );
+            }
+        };
+        let mut command = self.command(spec, run_id, &prepared);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return RunOutcome::refused(
+                    TaskState::Failed,
+                    format!(
+                        "Cannot start {}: {e}",
+                        self.settings.ansible_playbook.display()
+                    ),
+                );
+            }
+        };
+        let leader = child.id().map(|pid| Pid::from_raw(pid as i32));
+        let stdout = child.stdout.take().map(|out| {
+            let task_id = spec.task_id.clone();
+            tokio::spawn(async move { log_lines(out, &task_id).await })
+        });
+        let stderr = child
+            .stderr
+            .take()
+            .map(|err| tokio::spawn(async move { read_tail(err).await }));
+
+        let mut report = RunReport::default();
+        let ending = follow(
+            &mut child,
+            prepared.events,
+            &mut report,
+            progress,
+            cancel,
+            deadline,
+        )
+        .await;
+        let ending = match ending {
+            Ending::TimedOut(None) => {
+                Ending::TimedOut(self.terminate(&mut child, leader, run_id).await)
+            }
+            Ending::Cancelled(None) => {
+                Ending::Cancelled(self.terminate(&mut child, leader, run_id).await)
+            }
+            other => other,
+        };
+        // Forked workers can outlive the main process; none may remain.
+        kill::kill_all(leader, run_id).await;
+        if let Some(stdout) = stdout {
+            let _ = timeout(Duration::from_secs(2), stdout).await;
+        }
+        let stderr_tail = match stderr {
+            Some(task) => timeout(Duration::from_secs(2), task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        outcome(ending, &report, &stderr_tail, limit)
+    }
+
+    fn command(&self, spec: &TaskSpec, run_id: &str, prepared: &PreparedRun) -> Command {
+        let settings = &self.settings;
+        let mut command = Command::new(&settings.ansible_playbook);
+        command
+            .args(playbook_args(spec, &prepared.extra_vars))
+            .current_dir(&settings.playbook_directory)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .env(kill::RUN_MARKER_ENV, run_id)
+            .env(events::EVENTS_PATH_ENV, &prepared.events_path)
+            .env("LC_ALL", "C.UTF-8")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_FORCE_COLOR", "0")
+            .env("PYTHONUNBUFFERED", "1")
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
+            .env("ANSIBLE_LOCAL_TEMP", &prepared.temp_dir)
+            .env(
+                "ANSIBLE_CALLBACK_PLUGINS",
+                prepend_env(
+                    "ANSIBLE_CALLBACK_PLUGINS",
+                    settings.runtime_dir.join("plugins"),
+                ),
+            )
+            .env(
+                "ANSIBLE_CALLBACKS_ENABLED",
+                prepend_list_env("ANSIBLE_CALLBACKS_ENABLED", events::CALLBACK_NAME),
+            );
+        command
+    }
+
+    /// SIGTERM the run, give it `kill_grace`, then SIGKILL whatever is left.
+    async fn terminate(
+        &self,
+        child: &mut Child,
+        leader: Option<Pid>,
+        run_id: &str,
+    ) -> Option<ExitStatus> {
+        let grace_end = Instant::now() + self.settings.kill_grace;
+        kill::signal_run(leader, run_id, Signal::SIGTERM);
+        let status = timeout(self.settings.kill_grace, child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        // The main process may be gone while a task that traps SIGTERM lives on:
+        // it gets the rest of the grace period too.
+        kill::wait_until_gone(run_id, grace_end).await;
+        kill::kill_all(leader, run_id).await;
+        match status {
+            Some(status) => Some(status),
+            None => child.wait().await.ok(),
+        }
+    }
+
+    async fn git_pull(
+        &self,
+        cancel: &CancellationToken,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<(), RunOutcome> {
+        let _serialised = self.git_lock.lock().await;
+        let mut command = Command::new(&self.settings.git);
+        command
+            .args(["pull", "--ff-only"])
+            .current_dir(&self.settings.playbook_directory)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let finished = tokio::select! {
+            output = command.output() => output,
+            _ = sleep_until(deadline) => {
+                return Err(RunOutcome::refused(
+                    TaskState::Timeout,
+                    format!("Timed out after {} s (during git pull)", limit.as_secs()),
+                ));
+            }
+            _ = cancel.cancelled() => {
+                return Err(RunOutcome::refused(TaskState::Cancelled, "Cancelled".into()));
+            }
+        };
+        match finished {
+            Ok(output) if output.status.success() => Ok(()),
+            Ok(output) => {
+                let message = String::from_utf8_lossy(&output.stderr);
+                Err(RunOutcome::refused(
+                    TaskState::Failed,
+                    format!("git pull failed: {}", message.trim()),
+                ))
+            }
+            Err(e) => Err(RunOutcome::refused(
+                TaskState::Failed,
+                format!(
+                    "git pull failed: cannot start {}: {e}",
+                    self.settings.git.display()
+                ),
+            )),
+        }
+    }
+}
+
+/// Files of one run, inside its private directory.
+struct PreparedRun {
+    extra_vars: PathBuf,
+    events_path: PathBuf,
+    events: pipe::Receiver,
+    temp_dir: PathBuf,
+}
+
+fn prepare_run_dir(run_dir: &Path, spec: &TaskSpec) -> io::Result<PreparedRun> {
+    std::fs::DirBuilder::new().mode(0o700).create(run_dir)?;
+    let extra_vars = run_dir.join("extra_vars.json");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&extra_vars)?;
+    serde_json::to_writer(file, &spec.extra_vars)?;
+    let temp_dir = run_dir.join("tmp");
+    std::fs::DirBuilder::new().mode(0o700).create(&temp_dir)?;
+    let events_path = run_dir.join("events");
+    nix::unistd::mkfifo(&events_path, nix::sys::stat::Mode::S_IRWXU)?;
+    // Opened read-write so the FIFO never reports EOF: the run ends when the
+    // process exits, not when the last writer closes (ANSIBLE-NOTES.md).
+    let events = pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&events_path)?;
+    Ok(PreparedRun {
+        extra_vars,
+        events_path,
+        events,
+        temp_dir,
+    })
+}
+
+/// The argument vector after the program name.
+pub fn playbook_args(spec: &TaskSpec, extra_vars_file: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![spec.playbook.clone().into()];
+    args.push("-i".into());
+    args.push(match &spec.inventory {
+        Inventory::File(path) => path.clone().into(),
+        Inventory::Inline(hosts) => hosts.into(),
+    });
+    let mut extra_vars = OsString::from("@");
+    extra_vars.push(extra_vars_file);
+    args.push("-e".into());
+    args.push(extra_vars);
+    if let Some(limit) = &spec.limit {
+        args.push(format!("--limit={limit}").into());
+    }
+    if !spec.tags.is_empty() {
+        args.push(format!("--tags={}", spec.tags.join(",")).into());
+    }
+    if !spec.skip_tags.is_empty() {
+        args.push(format!("--skip-tags={}", spec.skip_tags.join(",")).into());
+    }
+    if spec.verbosity > 0 {
+        args.push(format!("-{}", "v".repeat(spec.verbosity.into())).into());
+    }
+    if spec.check_mode {
+        args.push("--check".into());
+    }
+    if spec.diff_mode {
+        args.push("--diff".into());
+    }
+    args.push(format!("--forks={}", spec.forks).into());
+    args
+}
+
+/// Reads event lines until the process exits (or the deadline or cancel comes
+/// first), reporting coalesced progress; then drains what is left in the FIFO.
+async fn follow(
+    child: &mut Child,
+    events: pipe::Receiver,
+    report: &mut RunReport,
+    progress: &impl Fn(Counters),
+    cancel: &CancellationToken,
+    deadline: Instant,
+) -> Ending {
+    let mut lines = BufReader::new(events).lines();
+    let mut last_sent = Counters::default();
+    let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+    let ending = loop {
+        tokio::select! {
+            status = child.wait() => break match status {
+                Ok(status) => Ending::Exited(status),
+                // Waiting failed: treat it like a cancel so the tree is killed.
+                Err(_) => Ending::Cancelled(None),
+            },
+            line = lines.next_line() => {
+                if let Ok(Some(line)) = line {
+                    apply(report, &line);
+                }
+            }
+            _ = tick.tick() => {
+                let now = report.counters();
+                if now != last_sent {
+                    progress(now);
+                    last_sent = now;
+                }
+            }
+            _ = sleep_until(deadline) => break Ending::TimedOut(None),
+            _ = cancel.cancelled() => break Ending::Cancelled(None),
+        }
+    };
+    // Everything the main process wrote is in the FIFO by now (or it is being
+    // killed); read until the pipe stays quiet briefly.
+    while let Ok(Ok(Some(line))) = timeout(Duration::from_millis(50), lines.next_line()).await {
+        apply(report, &line);
+    }
+    ending
+}
+
+fn apply(report: &mut RunReport, line: &str) {
+    if let Err(e) = report.apply_line(line) {
+        tracing::debug!("ignoring callback line: {e}");
+    }
+}
+
+async fn log_lines(out: impl AsyncRead + Unpin, task_id: &str) {
+    let mut lines = BufReader::new(out).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!(target: "ansible", task_id, "{line}");
+    }
+}
+
+async fn read_tail(err: impl AsyncRead + Unpin) -> String {
+    let mut reader = BufReader::new(err);
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                tail.extend_from_slice(&buf);
+                if tail.len() > STDERR_TAIL_BYTES * 2 {
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                }
+            }
+        }
+    }
+    let start = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+    String::from_utf8_lossy(&tail[start..]).trim().to_owned()
+}
+
+fn exit_code(status: &ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| -signal))
+}
+
+fn outcome(ending: Ending, report: &RunReport, stderr_tail: &str, limit: Duration) -> RunOutcome {
+    let (state, status, message) = match ending {
+        Ending::Exited(status) if status.success() => (TaskState::Success, Some(status), None),
+        Ending::Exited(status) => {
+            let message = report
+                .error_summary()
+                .filter(|_| report.saw_task())
+                .or_else(|| Some(stderr_tail.to_owned()).filter(|tail| !tail.is_empty()))
+                .or_else(|| report.error_summary())
+                .unwrap_or_else(|| "ansible-playbook failed without a message".to_owned());
+            (TaskState::Failed, Some(status), Some(message))
+        }
+        Ending::TimedOut(status) => (
+            TaskState::Timeout,
+            status,
+            Some(format!("Timed out after {} s", limit.as_secs())),
+        ),
+        Ending::Cancelled(status) => (TaskState::Cancelled, status, Some("Cancelled".to_owned())),
+    };
+    RunOutcome {
+        state,
+        return_code: status.as_ref().and_then(exit_code),
+        counters: report.counters(),
+        error_message: message,
+        output: report.output(),
+        output_per_host: report.output_per_host(),
+    }
+}
+
+/// `value` followed by the current value of the path-list variable `name`.
+fn prepend_env(name: &str, value: PathBuf) -> OsString {
+    let mut joined = OsString::from(value);
+    if let Some(existing) = std::env::var_os(name).filter(|v| !v.is_empty()) {
+        joined.push(":");
+        joined.push(existing);
+    }
+    joined
+}
+
+/// `value` followed by the current value of the comma-list variable `name`.
+fn prepend_list_env(name: &str, value: &str) -> OsString {
+    let mut joined = OsString::from(value);
+    if let Some(existing) = std::env::var_os(name).filter(|v| !v.is_empty()) {
+        joined.push(",");
+        joined.push(existing);
+    }
+    joined
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            task_id: "t".into(),
+            playbook: PathBuf::from("/p/site.yml"),
+            inventory: Inventory::Inline("web1,web2,".into()),
+            extra_vars: Map::new(),
+            limit: Some("web1".into()),
+            tags: vec!["a".into(), "b".into()],
+            skip_tags: vec!["c".into()],
+            verbosity: 2,
+            check_mode: true,
+            diff_mode: true,
+            forks: 3,
+            timeout: None,
+            git_pull: false,
+        }
+    }
+
+    #[test]
+    fn argv_carries_every_option_and_no_extra_var_values() {
+        let mut spec = spec();
+        spec.extra_vars.insert("password".into(), "hunter2".into());
+        let args = playbook_args(&spec, Path::new("/run/x/extra_vars.json"));
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "/p/site.yml",
+                "-i",
+                "web1,web2,",
+                "-e",
+                "@/run/x/extra_vars.json",
+                "--limit=web1",
+                "--tags=a,b",
+                "--skip-tags=c",
+                "-vv",
+                "--check",
+                "--diff",
+                "--forks=3",
+            ]
+        );
+    }
+
+    #[test]
+    fn minimal_argv_has_no_optional_flags() {
+        let spec = TaskSpec {
+            limit: None,
+            tags: vec![],
+            skip_tags: vec![],
+            verbosity: 0,
+            check_mode: false,
+            diff_mode: false,
+            ..spec()
+        };
+        let args = playbook_args(&spec, Path::new("/e.json"));
+        assert_eq!(args.len(), 6);
+    }
+}

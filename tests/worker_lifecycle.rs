@@ -1,0 +1,84 @@
+//! Broker restarts and worker shutdown: no accepted task is left without a
+//! final status, and no process of a run survives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reconnects_after_a_broker_restart_and_delivers_the_final_status() {
+    let mut broker = Mosquitto::start();
+    let worker = WorkerSetup::new("restart", broker.port).start();
+    let observer = Observer::start(broker.port, "restart").await;
+    observer
+        .submit(
+            json!({"task_id": "r-1", "playbook": "sleep.yml", "inventory": "localhost.yml",
+                        "extra_vars": {"seconds": 6}}),
+        )
+        .await;
+    observer.wait_state("r-1", "running", DEADLINE).await;
+    broker.stop();
+    // Let the worker notice the loss before the broker comes back.
+    assert!(
+        wait_until(Duration::from_secs(20), || worker
+            .log()
+            .contains("broker connection failed")),
+        "the worker did not notice the broker going away"
+    );
+    broker.restart();
+    let done = observer.wait_final("r-1", DEADLINE).await;
+    assert_eq!(done["state"], "success", "{done}");
+    // It subscribed again: a new task after the restart runs too.
+    observer
+        .submit(json!({"task_id": "r-2", "playbook": "failing.yml", "inventory": "localhost.yml"}))
+        .await;
+    assert_eq!(
+        observer.wait_final("r-2", DEADLINE).await["state"],
+        "failed"
+    );
+    assert!(worker.log().matches("subscribed").count() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_queued_and_running_tasks_and_leaves_no_process() {
+    let broker = Mosquitto::start();
+    let mut setup = WorkerSetup::new("stop", broker.port);
+    setup.concurrency = 1;
+    setup.kill_grace = 1;
+    let mut worker = setup.start();
+    let observer = Observer::start(broker.port, "stop").await;
+    let token = unique("stopme");
+    observer
+        .submit(
+            json!({"task_id": "s-run", "playbook": "trap_term.yml", "inventory": "localhost.yml",
+                        "extra_vars": {"token": token}}),
+        )
+        .await;
+    for id in ["s-q1", "s-q2"] {
+        observer
+            .submit(json!({"task_id": id, "playbook": "sleep.yml", "inventory": "localhost.yml"}))
+            .await;
+    }
+    observer.wait_state("s-q2", "queued", DEADLINE).await;
+    assert!(wait_for(DEADLINE, || !processes_with(&token).is_empty()).await);
+
+    worker.terminate();
+    let code = worker.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        code,
+        Some(0),
+        "clean exit within kill_grace + a few seconds"
+    );
+    for id in ["s-run", "s-q1", "s-q2"] {
+        let done = observer.wait_final(id, Duration::from_secs(10)).await;
+        assert_eq!(done["state"], "cancelled", "{id}: {done}");
+        assert_eq!(distinct_finals(&observer.statuses(id)), 1);
+    }
+    assert!(
+        processes_with(&token).is_empty(),
+        "a process of the run survived"
+    );
+}
