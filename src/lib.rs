@@ -62,6 +62,9 @@ pub enum StartError {
 /// disconnects.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let worker = &config.worker;
+    if config.broker.enabled || config.http.enabled {
+        tracing::warn!("[broker] and [http] are not available in this version; ignoring them");
+    }
     let runtime_dir = worker
         .state_dir
         .join(format!("runtime-{}", worker.worker_id));

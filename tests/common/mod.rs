@@ -84,16 +84,24 @@ pub async fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) ->
 pub struct Mosquitto {
     pub port: u16,
     dir: TempDir,
+    extra: String,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts a broker whose config ends with `extra` (more listeners, with
+    /// `per_listener_settings true` in force).
+    pub fn start_with(extra: &str) -> Self {
         let dir = TempDir::new().unwrap();
         let mut broker = Mosquitto {
             port: free_port(),
             dir,
+            extra: extra.to_owned(),
             child: None,
         };
         broker.spawn();
@@ -105,9 +113,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_packet_size 2000000\nlog_dest stderr\n",
-                self.port
+                "per_listener_settings true\nuser root\npersistence false\nmax_packet_size 2000000\n\
+                 log_dest stderr\nlistener {} 127.0.0.1\nallow_anonymous true\n{}\n",
+                self.port, self.extra
             ),
         )
         .unwrap();
@@ -163,6 +171,10 @@ pub struct WorkerSetup {
     pub shared_subscription: bool,
     /// Extra `[worker]` lines.
     pub extra_worker: String,
+    /// Extra `[mqtt]` lines.
+    pub extra_mqtt: String,
+    /// Environment variables for the worker process.
+    pub env: Vec<(String, String)>,
 }
 
 impl WorkerSetup {
@@ -179,12 +191,27 @@ impl WorkerSetup {
             kill_grace: 2,
             shared_subscription: true,
             extra_worker: String::new(),
+            extra_mqtt: String::new(),
+            env: Vec::new(),
         }
     }
 
-    /// Starts the worker binary with this setup.
+    /// Starts the worker binary with this setup and waits until it subscribed.
     pub fn start(&self) -> Worker {
-        Worker::start(self)
+        let worker = Worker::spawn(self);
+        assert!(
+            wait_until(Duration::from_secs(20), || worker
+                .log()
+                .contains("subscribed")),
+            "worker did not subscribe:\n{}",
+            worker.log()
+        );
+        worker
+    }
+
+    /// Starts the worker binary without waiting for anything.
+    pub fn spawn(&self) -> Worker {
+        Worker::spawn(self)
     }
 }
 
@@ -195,7 +222,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn start(setup: &WorkerSetup) -> Self {
+    fn spawn(setup: &WorkerSetup) -> Self {
         let dir = TempDir::new().unwrap();
         let config = format!(
             r#"log_level = "debug"
@@ -216,6 +243,7 @@ state_dir = "{state}"
 host = "127.0.0.1"
 port = {port}
 keepalive = 5
+{extra_mqtt}
 "#,
             group = setup.group,
             worker_id = setup.worker_id,
@@ -229,6 +257,7 @@ keepalive = 5
             state = dir.path().join("state").display(),
             extra = setup.extra_worker,
             port = setup.port,
+            extra_mqtt = setup.extra_mqtt,
         );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -237,22 +266,22 @@ keepalive = 5
             .arg("-c")
             .arg(&config_path)
             .env("RUST_LOG", "debug,rumqttc=info")
+            .envs(setup.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let worker = Worker {
+        Worker {
             dir,
             child: Some(child),
-        };
-        assert!(
-            wait_until(Duration::from_secs(20), || worker
-                .log()
-                .contains("subscribed")),
-            "worker did not subscribe:\n{}",
-            worker.log()
-        );
-        worker
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// What the worker logged so far.

@@ -1,0 +1,177 @@
+//! Logging in and TLS against a real Mosquitto: a wrong password keeps the
+//! worker retrying (with backoff) instead of dying; the right one works; mutual
+//! TLS with a private CA works.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn hello(id: &str) -> serde_json::Value {
+    json!({"task_id": id, "playbook": "failing.yml", "inventory": "localhost.yml"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_login_wrong_is_retried_right_works() {
+    let scratch = tempfile::TempDir::new().unwrap();
+    let passwords = scratch.path().join("passwords");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args(["worker", "s3cret-pass"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let auth_port = free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {auth_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    ));
+
+    let mut wrong = WorkerSetup::new("login", auth_port);
+    wrong.worker_id = "login-wrong".into();
+    wrong.extra_mqtt = "username = \"worker\"\npassword = \"nope\"".into();
+    let mut wrong = wrong.spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || wrong
+            .log()
+            .matches("broker connection failed")
+            .count()
+            >= 3),
+        "{}",
+        wrong.log()
+    );
+    assert!(
+        wrong.is_running(),
+        "a refused login must not end the worker"
+    );
+    assert!(!wrong.log().contains("s3cret-pass") && !wrong.log().contains("nope\""));
+
+    let mut right = WorkerSetup::new("login", auth_port);
+    right.extra_mqtt = "username = \"worker\"\npassword = \"${TEST_MQTT_PASSWORD}\"".into();
+    right.env = vec![("TEST_MQTT_PASSWORD".into(), "s3cret-pass".into())];
+    let right = right.start();
+    let observer = Observer::start(broker.port, "login").await;
+    observer.submit(hello("l-1")).await;
+    let done = observer.wait_final("l-1", DEADLINE).await;
+    assert_eq!(done["worker_id"], "login-w1");
+    assert!(
+        !right.log().contains("s3cret-pass"),
+        "the password is never logged"
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certificates(dir: &Path) {
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    for name in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_private_ca() {
+    let certs = tempfile::TempDir::new().unwrap();
+    make_certificates(certs.path());
+    let tls_port = free_port();
+    let c = |name: &str| certs.path().join(name).display().to_string();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\nallow_anonymous true\ncafile {}\ncertfile {}\n\
+         keyfile {}\nrequire_certificate true\n",
+        c("ca.pem"),
+        c("server.pem"),
+        c("server.key")
+    ));
+    let mut setup = WorkerSetup::new("tls", tls_port);
+    setup.extra_mqtt = format!(
+        "tls_enabled = true\ntls_ca_cert = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"",
+        c("ca.pem"),
+        c("client.pem"),
+        c("client.key")
+    );
+    let _worker = setup.start();
+    let observer = Observer::start(broker.port, "tls").await;
+    observer.submit(hello("tls-1")).await;
+    let done = observer.wait_final("tls-1", DEADLINE).await;
+    assert_eq!(done["worker_id"], "tls-w1");
+
+    // Without a client certificate the broker refuses the worker.
+    let mut no_cert = WorkerSetup::new("tls", tls_port);
+    no_cert.worker_id = "tls-nocert".into();
+    no_cert.extra_mqtt = format!("tls_enabled = true\ntls_ca_cert = \"{}\"", c("ca.pem"));
+    let refused = no_cert.spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || refused
+            .log()
+            .contains("broker connection failed")),
+        "{}",
+        refused.log()
+    );
+    assert!(!refused.log().contains("subscribed"));
+}
