@@ -14,7 +14,7 @@
 #    "custom_run": {...}, "custom_per_host": {host: {...}}}
 #   {"kind": "no_hosts"}
 #
-# The worker's events.rs turns these lines into the run's counters. The plugin
+# The worker's run/events module turns these lines into the run's counters. The plugin
 # never raises out of a hook: a broken pipe must not break the playbook.
 from __future__ import annotations
 

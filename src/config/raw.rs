@@ -1,0 +1,76 @@
+//! Raw stage: serde structs that mirror the file key for key. `None` means the
+//! key is absent; defaults and rules are applied in `check`, not here.
+//!
+//! `deny_unknown_fields` makes a typo'd key an error naming it; nothing here
+//! checks a value beyond its TOML type.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file: top-level keys and one table per section.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) log_level: Option<String>,
+    pub(super) worker: RawWorker,
+    pub(super) mqtt: RawMqtt,
+    pub(super) broker: RawBroker,
+    pub(super) http: RawHttp,
+}
+
+/// `[worker]`.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawWorker {
+    pub(super) group_name: Option<String>,
+    pub(super) worker_id: Option<String>,
+    pub(super) playbook_directory: Option<String>,
+    pub(super) topic_prefix: Option<String>,
+    pub(super) shared_subscription: Option<bool>,
+    pub(super) suffix_status_with_worker_id: Option<bool>,
+    pub(super) concurrency: Option<usize>,
+    pub(super) max_queue_size: Option<usize>,
+    pub(super) task_timeout: Option<u64>,
+    pub(super) kill_grace: Option<u64>,
+    pub(super) ansible_playbook_path: Option<String>,
+    pub(super) git_path: Option<String>,
+    pub(super) allow_ansible_vars: Option<bool>,
+    pub(super) state_dir: Option<String>,
+    pub(super) history_limit: Option<usize>,
+}
+
+/// `[mqtt]`.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawMqtt {
+    pub(super) host: Option<String>,
+    pub(super) port: Option<u16>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) keepalive: Option<u64>,
+    pub(super) tls_enabled: Option<bool>,
+    pub(super) tls_ca_cert: Option<String>,
+    pub(super) tls_client_cert: Option<String>,
+    pub(super) tls_client_key: Option<String>,
+}
+
+/// `[broker]`.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawBroker {
+    pub(super) enabled: Option<bool>,
+    pub(super) listen: Option<String>,
+    pub(super) listen_v4: Option<String>,
+    pub(super) max_payload_size: Option<usize>,
+    pub(super) users: BTreeMap<String, String>,
+}
+
+/// `[http]`.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) enabled: Option<bool>,
+    pub(super) listen: Option<String>,
+    pub(super) token: Option<String>,
+}

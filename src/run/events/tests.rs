@@ -1,0 +1,280 @@
+//! Unit tests of [`RunReport`](super::RunReport): replays of two runs captured
+//! from real `ansible-playbook` output (in `fixtures/`, one event per line)
+//! checked against their PLAY RECAPs, plus hand-made lines for the accounting
+//! edge cases.
+
+use super::*;
+use serde_json::json;
+
+/// Captured from ansible-core 2.19.14 running a mixed playbook on three
+/// local hosts (changed, skipped, ignored failure, a failure rescued by an
+/// outer block, include_tasks, set_stats, a handler). Its PLAY RECAP:
+/// h1 ok=10 changed=2 unreachable=0 failed=0 skipped=2 rescued=0 ignored=1
+/// h2 ok=7  changed=1 unreachable=0 failed=0 skipped=4 rescued=0 ignored=0
+/// h3 ok=9  changed=1 unreachable=0 failed=0 skipped=3 rescued=1 ignored=0
+const MIXED_RUN: &str = include_str!("fixtures/mixed_run.jsonl");
+
+/// The same playbook with `fail_mode=true` and a fourth, unreachable host
+/// (exit code 4): h4 unreachable, h3 fails inside the rescue after its
+/// rescued failure, h2 fails outright. Its PLAY RECAP:
+/// h1 ok=10 changed=2 unreachable=0 failed=0 skipped=2 rescued=0 ignored=1
+/// h2 ok=4  changed=1 unreachable=0 failed=1 skipped=3 rescued=0 ignored=0
+/// h3 ok=4  changed=1 unreachable=0 failed=1 skipped=1 rescued=1 ignored=0
+/// h4 ok=0  changed=0 unreachable=1 failed=0 skipped=0 rescued=0 ignored=0
+const FAILING_RUN: &str = include_str!("fixtures/failing_run.jsonl");
+
+const MIXED_RECAP: Counters = Counters {
+    total: 14,
+    ok: 26,
+    changed: 4,
+    failed: 0,
+    skipped: 9,
+    unreachable: 0,
+    rescued: 1,
+    ignored: 1,
+};
+
+const FAILING_RECAP: Counters = Counters {
+    total: 14,
+    ok: 18,
+    changed: 4,
+    failed: 2,
+    skipped: 6,
+    unreachable: 1,
+    rescued: 1,
+    ignored: 1,
+};
+
+fn lines(run: &str) -> impl Iterator<Item = &str> {
+    run.lines().filter(|line| !line.trim().is_empty())
+}
+
+fn replay<'a>(lines: impl Iterator<Item = &'a str>) -> RunReport {
+    let mut report = RunReport::default();
+    for line in lines {
+        assert!(report.apply_line(line).expect(line), "{line}");
+    }
+    report
+}
+
+fn is_stats(line: &&str) -> bool {
+    line.contains(r#""kind": "stats""#)
+}
+
+#[test]
+fn mixed_run_counters_equal_the_play_recap() {
+    let report = replay(lines(MIXED_RUN));
+    assert_eq!(report.counters(), MIXED_RECAP);
+    assert!(report.saw_task());
+    assert!(report.has_final_stats());
+    assert_eq!(report.error_summary(), None);
+}
+
+#[test]
+fn mixed_run_live_tallies_already_match_the_recap() {
+    let report = replay(lines(MIXED_RUN).filter(|l| !is_stats(l)));
+    assert!(!report.has_final_stats());
+    assert_eq!(report.counters(), MIXED_RECAP);
+}
+
+#[test]
+fn mixed_run_output_is_the_merged_set_stats_data() {
+    let report = replay(lines(MIXED_RUN));
+    let output = Value::Object(report.output());
+    assert_eq!(
+        output,
+        json!({"version": "1.2.3", "nested": {"a": 1}, "hosts_seen": 3})
+    );
+    let per_host = Value::Object(report.output_per_host());
+    assert_eq!(
+        per_host,
+        json!({"h1": {"me": "h1"}, "h2": {"me": "h2"}, "h3": {"me": "h3"}})
+    );
+}
+
+#[test]
+fn failing_run_counters_equal_the_play_recap() {
+    let report = replay(lines(FAILING_RUN));
+    assert_eq!(report.counters(), FAILING_RECAP);
+    assert_eq!(
+        Value::Object(report.output_per_host()),
+        json!({"h1": {"me": "h1"}})
+    );
+    let live = replay(lines(FAILING_RUN).filter(|l| !is_stats(l)));
+    assert_eq!(live.counters(), FAILING_RECAP);
+}
+
+#[test]
+fn failing_run_summary_names_failed_and_unreachable_results_only() {
+    let report = replay(lines(FAILING_RUN));
+    assert_eq!(
+        report.error_summary().as_deref(),
+        Some(
+            "Task 'Change something' unreachable on host 'h4': Task failed: Failed to \
+             connect to the host via ssh: ssh: connect to host 127.0.0.1 port 1: \
+             Connection refused; \
+             Task 'Fail inside rescue' failed on host 'h3': rescue itself failed on h3; \
+             Task 'Fail hard on h2' failed on host 'h2': h2 is broken"
+        )
+    );
+}
+
+fn result(status: &str, changed: bool, ignored: bool, rescuable: bool) -> String {
+    json!({
+        "kind": "result", "status": status, "host": "web1", "task": "T",
+        "changed": changed, "ignored": ignored, "rescuable": rescuable, "msg": "boom",
+    })
+    .to_string()
+}
+
+fn live_after(line: &str) -> Counters {
+    let mut report = RunReport::default();
+    assert!(report.apply_line(line).unwrap());
+    report.counters()
+}
+
+#[test]
+fn live_tallies_follow_ansible_accounting() {
+    let none = Counters::default();
+    assert_eq!(
+        live_after(&result("ok", true, false, false)),
+        Counters {
+            ok: 1,
+            changed: 1,
+            ..none
+        }
+    );
+    assert_eq!(
+        live_after(&result("ok", false, false, false)),
+        Counters { ok: 1, ..none }
+    );
+    assert_eq!(
+        live_after(&result("failed", true, true, false)),
+        Counters {
+            ok: 1,
+            changed: 1,
+            ignored: 1,
+            ..none
+        }
+    );
+    // Ansible counts a rescued failure as rescued only, not as ok.
+    assert_eq!(
+        live_after(&result("failed", false, false, true)),
+        Counters { rescued: 1, ..none }
+    );
+    assert_eq!(
+        live_after(&result("failed", true, false, false)),
+        Counters { failed: 1, ..none }
+    );
+    assert_eq!(
+        live_after(&result("skipped", false, false, false)),
+        Counters { skipped: 1, ..none }
+    );
+    assert_eq!(
+        live_after(&result("unreachable", false, false, false)),
+        Counters {
+            unreachable: 1,
+            ..none
+        }
+    );
+    // ignore_unreachable: Ansible counts ok and ignored.
+    assert_eq!(
+        live_after(&result("unreachable", false, true, false)),
+        Counters {
+            ok: 1,
+            ignored: 1,
+            ..none
+        }
+    );
+}
+
+#[test]
+fn stats_replace_live_tallies_but_keep_the_task_count() {
+    let mut report = RunReport::default();
+    for line in [
+        r#"{"kind":"task_start","name":"A","handler":false}"#,
+        r#"{"kind":"task_start","name":"B","handler":true}"#,
+    ] {
+        report.apply_line(line).unwrap();
+    }
+    report
+        .apply_line(&result("ok", true, false, false))
+        .unwrap();
+    report
+        .apply_line(&result("failed", false, false, true))
+        .unwrap();
+    assert_eq!(report.current_task(), Some("B"));
+    let stats = json!({"kind": "stats", "hosts": {
+        "a": {"ok": 3, "changed": 1, "failures": 1, "unreachable": 0,
+              "skipped": 2, "rescued": 0, "ignored": 1},
+        "b": {"ok": 1, "changed": 0, "failures": 0, "unreachable": 1,
+              "skipped": 0, "rescued": 1, "ignored": 0}},
+        "custom_run": {}, "custom_per_host": {}});
+    assert!(report.apply_line(&stats.to_string()).unwrap());
+    assert_eq!(
+        report.counters(),
+        Counters {
+            total: 2,
+            ok: 4,
+            changed: 1,
+            failed: 1,
+            skipped: 2,
+            unreachable: 1,
+            rescued: 1,
+            ignored: 1,
+        }
+    );
+}
+
+#[test]
+fn summary_names_the_first_five_and_counts_the_rest() {
+    let mut report = RunReport::default();
+    for n in 0..7 {
+        let line = json!({"kind": "result", "status": "failed", "host": format!("h{n}"),
+            "task": "Deploy", "changed": false, "ignored": false, "rescuable": false,
+            "msg": null});
+        report.apply_line(&line.to_string()).unwrap();
+    }
+    let summary = report.error_summary().unwrap();
+    assert!(summary.starts_with("Task 'Deploy' failed on host 'h0'; Task 'Deploy'"));
+    assert!(summary.contains("on host 'h4'"));
+    assert!(!summary.contains("on host 'h5'"));
+    assert!(summary.ends_with("host 'h4' (and 2 more)"), "{summary}");
+}
+
+#[test]
+fn malformed_lines_are_errors() {
+    let mut report = RunReport::default();
+    for line in [
+        "",
+        "not json",
+        "[1, 2]",
+        r#"{"name": "no kind"}"#,
+        r#"{"kind": 7}"#,
+        r#"{"kind": "result", "status": "exploded", "host": "h"}"#,
+        r#"{"kind": "stats", "hosts": {"h": {"ok": "many"}}}"#,
+    ] {
+        assert!(report.apply_line(line).is_err(), "{line:?}");
+    }
+    assert_eq!(report.counters(), Counters::default());
+}
+
+#[test]
+fn unknown_kinds_are_skipped() {
+    let mut report = RunReport::default();
+    let changed = report
+        .apply_line(r#"{"kind": "play_start", "name": "later version"}"#)
+        .unwrap();
+    assert!(!changed);
+    assert!(!report.apply_line(r#"{"kind": "no_hosts"}"#).unwrap());
+    assert!(report.no_hosts_matched());
+    assert!(!report.saw_task());
+    assert_eq!(report.counters(), Counters::default());
+}
+
+#[test]
+fn plugin_is_embedded_under_its_name() {
+    assert!(CALLBACK_PLUGIN.contains(&format!("CALLBACK_NAME = \"{CALLBACK_NAME}\"")));
+    assert!(CALLBACK_PLUGIN.contains(EVENTS_PATH_ENV));
+    assert_eq!(CALLBACK_FILE_NAME, format!("{CALLBACK_NAME}.py"));
+}
