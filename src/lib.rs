@@ -9,11 +9,15 @@
 //! - [`pool`]: `worker.concurrency` permits; queued tasks → runs.
 //! - [`mod@run`]: [`run::PlaybookRunner`], one `ansible-playbook` process each,
 //!   observed through a callback plugin; timeouts and cancel kill the tree.
-//! - [`mqtt`]: the broker connection and the status publisher.
+//! - [`mqtt`]: the broker connection, the status publisher and presence.
+//! - [`broker`]: the optional embedded MQTT broker (rumqttd).
+//! - [`submit`]: controller-side commands (`submit`, `cancel`) that talk to a
+//!   worker through the broker.
 //!
 //! Data flows one way: MQTT request → intake → table → pool → run → table →
 //! change stream → status publisher.
 
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod intake;
@@ -21,19 +25,17 @@ pub mod model;
 pub mod mqtt;
 pub mod pool;
 pub mod run;
+pub mod submit;
 pub mod table;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
-use intake::IntakePolicy;
-use mqtt::client::{self as mqtt_client, Inbound, LinkState};
-use mqtt::topics::Topics;
+use mqtt::MqttSide;
 use run::{PlaybookRunner, RunSettings};
 use table::TaskTable;
 
@@ -54,7 +56,10 @@ pub enum StartError {
     },
     /// The MQTT client could not be configured.
     #[error(transparent)]
-    Mqtt(#[from] mqtt_client::ClientError),
+    Mqtt(#[from] mqtt::client::ClientError),
+    /// The embedded broker could not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
 }
 
 /// Runs the worker until `shutdown` is cancelled, then stops taking requests,
@@ -62,8 +67,11 @@ pub enum StartError {
 /// disconnects.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let worker = &config.worker;
-    if config.broker.enabled || config.http.enabled {
-        tracing::warn!("[broker] and [http] are not available in this version; ignoring them");
+    if config.http.enabled {
+        tracing::warn!("[http] is not available in this version; ignoring it");
+    }
+    if config.broker.enabled {
+        broker::start(&config.broker)?;
     }
     let runtime_dir = worker
         .state_dir
@@ -89,37 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         worker.max_queue_size,
         worker.history_limit,
     );
-    let topics = Topics::new(
-        &worker.topic_prefix,
-        &worker.group_name,
-        &worker.worker_id,
-        worker.shared_subscription,
-        worker.suffix_status_with_worker_id,
-    );
-    let (client, eventloop) = mqtt_client::client(mqtt_client::mqtt_options(&config)?);
-    let (link_tx, link_rx) = watch::channel(LinkState::default());
-    let abort_link = CancellationToken::new();
-    let inbound = Inbound {
-        table: table.clone(),
-        policy: IntakePolicy {
-            playbook_directory: worker.playbook_directory.clone(),
-            allow_ansible_vars: worker.allow_ansible_vars,
-        },
-        topics: topics.clone(),
-    };
-    let publisher = tokio::spawn(mqtt::publisher::publish_statuses(
-        client.clone(),
-        topics.clone(),
-        table.subscribe(),
-        link_rx,
-    ));
-    let link = tokio::spawn(mqtt_client::drive(
-        eventloop,
-        client.clone(),
-        inbound,
-        link_tx,
-        abort_link.clone(),
-    ));
+    let mqtt = MqttSide::start(&config, &table)?;
     let stop_pool = CancellationToken::new();
     let runs = TaskTracker::new();
     let pool = tokio::spawn(pool::dispatch(
@@ -131,14 +109,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     ));
     tracing::info!(
         worker_id = %worker.worker_id,
-        filter = %topics.tasks_filter(),
+        filter = %mqtt.topics().tasks_filter(),
         concurrency = worker.concurrency,
         "worker started"
     );
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: cancelling queued and running tasks");
-    let _ = client.try_unsubscribe(topics.tasks_filter());
+    mqtt.stop_intake();
     stop_pool.cancel();
     let _ = pool.await;
     table.shutdown();
@@ -150,17 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         tracing::error!("runs did not end within the shutdown deadline");
     }
     table.close_subscribers();
-    if tokio::time::timeout(SHUTDOWN_MARGIN, publisher)
-        .await
-        .is_err()
-    {
-        tracing::error!("final statuses could not all be handed to the client");
-    }
-    let _ = client.disconnect().await;
-    if tokio::time::timeout(SHUTDOWN_MARGIN, link).await.is_err() {
-        tracing::warn!("the broker did not take the final statuses in time");
-        abort_link.cancel();
-    }
+    mqtt.finish(SHUTDOWN_MARGIN).await;
     let _ = std::fs::remove_dir_all(&runtime_dir);
     tracing::info!("stopped");
     Ok(())

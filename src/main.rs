@@ -1,5 +1,7 @@
-//! The `ansible-worker` binary: CLI → config → [`ansible_worker::run`].
+//! The `ansible-worker` binary: CLI → config → [`ansible_worker::run`], or
+//! the controller commands of [`ansible_worker::submit`].
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -8,12 +10,18 @@ use tracing_subscriber::EnvFilter;
 
 use ansible_worker::cli::{Cli, Command};
 use ansible_worker::config::{Config, EXAMPLE_CONFIG};
+use ansible_worker::submit::{self, Outcome, SubmitError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::PrintConfig) = cli.command {
-        print!("{EXAMPLE_CONFIG}");
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{EXAMPLE_CONFIG}");
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Submit(args)) => return controller(submit::submit(&cli.config, args)),
+        Some(Command::Cancel(args)) => return controller(submit::cancel(&cli.config, args)),
+        None => {}
     }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -37,10 +45,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a `submit` or `cancel` command and maps its result to the exit code.
+fn controller(command: impl Future<Output = Result<Outcome, SubmitError>>) -> ExitCode {
+    let result = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => {
+            eprintln!("ansible-worker: cannot start the async runtime: {e}");
+            return ExitCode::from(submit::EXIT_ERROR);
+        }
+    };
+    match result {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(err) => {
+            eprintln!("ansible-worker: {err:#}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
 fn init_tracing(level: &str) {
-    // rumqttd/rumqttc are chatty at info; RUST_LOG overrides everything.
+    // rumqttc is chatty at info, and rumqttd logs every connection and even
+    // normal disconnects as errors (MQTT-NOTES.md); RUST_LOG overrides this.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},rumqttc=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},rumqttc=warn,rumqttd=off")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -34,6 +34,19 @@ pub enum Admission {
     Refused,
 }
 
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The task was queued and is now `cancelled`.
+    Dequeued,
+    /// The task is running; its run is being killed.
+    Stopping,
+    /// The task had already finished.
+    AlreadyFinished,
+    /// This worker does not hold the task.
+    Unknown,
+}
+
 /// How a run ended, as reported by the pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {
@@ -76,6 +89,8 @@ struct Entry {
     status: TaskStatus,
     spec: Option<TaskSpec>,
     cancel: CancellationToken,
+    /// Why a running task was told to stop; becomes its `error_message`.
+    cancel_reason: Option<String>,
 }
 
 struct Inner {
@@ -164,6 +179,7 @@ impl TaskTable {
                 status,
                 spec: Some(spec),
                 cancel: CancellationToken::new(),
+                cancel_reason: None,
             },
         );
         inner.queue.push_back(id);
@@ -251,13 +267,36 @@ impl TaskTable {
         status.completed_at = Some(Utc::now());
         status.return_code = outcome.return_code;
         status.counters = outcome.counters;
-        status.error_message = outcome.error_message;
+        status.error_message = match (outcome.state, entry.cancel_reason.take()) {
+            (TaskState::Cancelled, Some(reason)) => Some(reason),
+            _ => outcome.error_message,
+        };
         status.output = outcome.output;
         status.output_per_host = outcome.output_per_host;
         entry.spec = None;
         let status = status.clone();
         inner.emit(&status);
         inner.remember_finished(task_id.to_owned());
+    }
+
+    /// Cancels one task: a queued one ends `cancelled` at once, a running one
+    /// is told to stop (its run reports `cancelled` once the tree is gone).
+    pub fn cancel(&self, task_id: &str, reason: &str) -> Cancel {
+        let mut inner = self.lock();
+        let Some(entry) = inner.tasks.get_mut(task_id) else {
+            return Cancel::Unknown;
+        };
+        match entry.status.state {
+            TaskState::Queued => {
+                inner.cancel_queued(task_id, reason);
+                Cancel::Dequeued
+            }
+            TaskState::Running => {
+                entry.stop(reason);
+                Cancel::Stopping
+            }
+            _ => Cancel::AlreadyFinished,
+        }
     }
 
     /// Stops taking tasks: every queued task ends `cancelled`, every running
@@ -269,8 +308,10 @@ impl TaskTable {
         for id in queued {
             inner.cancel_queued(&id, "Worker is shutting down");
         }
-        for entry in inner.tasks.values() {
-            entry.cancel.cancel();
+        for entry in inner.tasks.values_mut() {
+            if entry.status.state == TaskState::Running {
+                entry.stop("Worker is shutting down");
+            }
         }
     }
 
@@ -314,6 +355,7 @@ impl Inner {
                 status,
                 spec: None,
                 cancel: CancellationToken::new(),
+                cancel_reason: None,
             },
         );
         self.remember_finished(id);
@@ -356,8 +398,17 @@ impl Inner {
         entry.spec = None;
         entry.cancel.cancel();
         let status = entry.status.clone();
+        self.queue.retain(|queued| queued != id);
         self.emit(&status);
         self.remember_finished(id.to_owned());
+    }
+}
+
+impl Entry {
+    /// Tells the run of a running task to stop, keeping the first reason.
+    fn stop(&mut self, reason: &str) {
+        self.cancel_reason.get_or_insert_with(|| reason.to_owned());
+        self.cancel.cancel();
     }
 }
 
@@ -450,6 +501,31 @@ mod tests {
         assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
         assert_eq!(table.status("a").unwrap().state, TaskState::Running);
         assert_eq!(table.submit(spec("c")), Admission::ShuttingDown);
+    }
+
+    #[tokio::test]
+    async fn cancel_ends_a_queued_task_and_signals_a_running_one() {
+        let table = TaskTable::new("w", 10, 10);
+        table.submit(spec("a"));
+        table.submit(spec("b"));
+        let (_, token) = table.next_queued().await;
+        table.mark_running("a");
+        assert_eq!(table.cancel("b", "Cancelled by request"), Cancel::Dequeued);
+        assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
+        assert_eq!(table.cancel("a", "Cancelled by request"), Cancel::Stopping);
+        assert!(token.is_cancelled());
+        table.finish(
+            "a",
+            RunOutcome::refused(TaskState::Cancelled, "Cancelled".into()),
+        );
+        let a = table.status("a").unwrap();
+        assert_eq!(a.error_message.as_deref(), Some("Cancelled by request"));
+        assert_eq!(table.cancel("b", "again"), Cancel::AlreadyFinished);
+        assert_eq!(table.cancel("zz", "x"), Cancel::Unknown);
+        // A cancelled queued task is never handed to the pool.
+        table.submit(spec("c"));
+        let (next, _) = table.next_queued().await;
+        assert_eq!(next.task_id, "c");
     }
 
     #[test]

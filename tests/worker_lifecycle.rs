@@ -39,7 +39,7 @@ async fn worker_reconnects_after_a_broker_restart_and_delivers_the_final_status(
         observer.wait_final("r-2", DEADLINE).await["state"],
         "failed"
     );
-    assert!(worker.log().matches("subscribed").count() >= 2);
+    assert!(worker.log().matches("subscribed").count() >= 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,5 +80,61 @@ async fn sigterm_cancels_queued_and_running_tasks_and_leaves_no_process() {
     assert!(
         processes_with(&token).is_empty(),
         "a process of the run survived"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_online_with_load_and_the_will_marks_a_killed_worker_offline() {
+    let broker = Mosquitto::start();
+    let mut setup = WorkerSetup::new("presence", broker.port);
+    setup.concurrency = 1;
+    let mut worker = setup.start();
+    let observer = Observer::start(broker.port, "presence").await;
+    let online = |queued: u64, running: u64| {
+        observer
+            .presence("presence-w1")
+            .iter()
+            .any(|d| d["state"] == "online" && d["queued"] == queued && d["running"] == running)
+    };
+    assert!(
+        wait_for(DEADLINE, || online(0, 0)).await,
+        "retained online document"
+    );
+    let first = observer.presence("presence-w1")[0].clone();
+    assert_eq!(first["concurrency"], 1);
+    assert!(first["version"].is_string() && first["started_at"].is_string());
+
+    for id in ["pr-1", "pr-2"] {
+        observer
+            .submit(
+                json!({"task_id": id, "playbook": "sleep.yml", "inventory": "localhost.yml",
+                            "extra_vars": {"seconds": 30}}),
+            )
+            .await;
+    }
+    assert!(
+        wait_for(DEADLINE, || online(1, 1)).await,
+        "{:?}",
+        observer.presence("presence-w1")
+    );
+
+    worker.kill();
+    assert!(
+        wait_for(Duration::from_secs(30), || observer
+            .presence("presence-w1")
+            .last()
+            .is_some_and(|d| d["state"] == "offline"))
+        .await,
+        "the will marks the worker offline: {:?}",
+        observer.presence("presence-w1")
+    );
+    // Retained: a newcomer sees it offline.
+    let late = Observer::start(broker.port, "presence").await;
+    assert!(
+        wait_for(Duration::from_secs(10), || late
+            .presence("presence-w1")
+            .last()
+            .is_some_and(|d| d["state"] == "offline"))
+        .await
     );
 }

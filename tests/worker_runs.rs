@@ -135,12 +135,14 @@ async fn syntax_error_fails_with_the_stderr_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_a_task_that_traps_sigterm() {
+    // The timeout leaves room for ansible-playbook to start on a busy machine:
+    // the stubborn shell must be running before it strikes.
     let s = setup("timeout", |w| w.kill_grace = 1).await;
     let token = unique("stubborn");
     s.observer
         .submit(json!({
             "task_id": "t-1", "playbook": "trap_term.yml", "inventory": "localhost.yml",
-            "timeout": 3, "extra_vars": {"token": token}
+            "timeout": 15, "extra_vars": {"token": token}
         }))
         .await;
     s.observer.wait_state("t-1", "running", DEADLINE).await;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::topics::Topics;
 use crate::config::{Config, TlsConfig};
 use crate::intake::{IntakePolicy, Refusal, parse_request};
-use crate::table::TaskTable;
+use crate::table::{Cancel, TaskTable};
 
 /// Largest packet the client accepts: the broker limit (1 MiB) plus headroom
 /// for the fixed header and properties.
@@ -171,10 +171,9 @@ pub async fn drive(
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
-                if !ack.session_present
-                    && let Err(e) = client.try_subscribe(&filter, QoS::ExactlyOnce)
-                {
-                    tracing::error!("cannot subscribe to {filter}: {e}");
+                if !ack.session_present {
+                    subscribe(&client, &filter, QoS::ExactlyOnce);
+                    subscribe(&client, &inbound.topics.cancel_filter(), QoS::AtLeastOnce);
                 }
                 link.send_replace(LinkState {
                     up: true,
@@ -182,7 +181,7 @@ pub async fn drive(
                 });
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                tracing::info!(filter = %filter, reasons = ?ack.return_codes, "subscribed");
+                tracing::info!(reasons = ?ack.return_codes, "subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => receive(&inbound, &publish),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
@@ -206,9 +205,20 @@ pub async fn drive(
     }
 }
 
+fn subscribe(client: &AsyncClient, filter: &str, qos: QoS) {
+    if let Err(e) = client.try_subscribe(filter, qos) {
+        tracing::error!("cannot subscribe to {filter}: {e}");
+    }
+}
+
 fn receive(inbound: &Inbound, publish: &Publish) {
-    if publish.topic.as_ref() != inbound.topics.tasks().as_bytes() {
-        tracing::debug!(topic = ?publish.topic, "ignoring a message on an unexpected topic");
+    let topic = String::from_utf8_lossy(&publish.topic);
+    if let Some(task_id) = inbound.topics.cancelled_task(&topic) {
+        cancel(inbound, task_id, &publish.payload);
+        return;
+    }
+    if topic != inbound.topics.tasks() {
+        tracing::debug!(%topic, "ignoring a message on an unexpected topic");
         return;
     }
     match parse_request(&publish.payload, &inbound.policy) {
@@ -225,6 +235,32 @@ fn receive(inbound: &Inbound, publish: &Publish) {
             tracing::warn!("task request rejected without a status: {reason}");
             inbound.table.count_rejected();
         }
+    }
+}
+
+/// Longest cancel reason kept in a status.
+const MAX_REASON_CHARS: usize = 200;
+
+/// Acts on a cancel request if this worker holds the task; the payload may be
+/// empty or `{"reason": "..."}`.
+fn cancel(inbound: &Inbound, task_id: &str, payload: &[u8]) {
+    let reason = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|doc| doc.get("reason")?.as_str().map(str::to_owned))
+        .map(|reason| {
+            let reason: String = reason
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_REASON_CHARS)
+                .collect();
+            format!("Cancelled: {reason}")
+        })
+        .unwrap_or_else(|| "Cancelled by request".to_owned());
+    match inbound.table.cancel(task_id, &reason) {
+        Cancel::Unknown | Cancel::AlreadyFinished => {
+            tracing::debug!(task_id, "cancel request for a task that is not active here");
+        }
+        outcome => tracing::info!(task_id, ?outcome, "cancel request"),
     }
 }
 

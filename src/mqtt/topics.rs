@@ -43,6 +43,35 @@ impl Topics {
         }
     }
 
+    /// `P/G/tasks/<id>/cancel`: a request to cancel one task.
+    pub fn cancel(&self, task_id: &str) -> String {
+        format!("{}/{task_id}/cancel", self.tasks())
+    }
+
+    /// `P/G/tasks/+/cancel`: every worker follows cancels (not shared), and
+    /// only the owner of the task acts on one.
+    pub fn cancel_filter(&self) -> String {
+        self.cancel("+")
+    }
+
+    /// The task id of a cancel topic, if `topic` is one of this group's.
+    pub fn cancelled_task<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let rest = topic.strip_prefix(&self.tasks())?.strip_prefix('/')?;
+        let id = rest.strip_suffix("/cancel")?;
+        (!id.is_empty() && !id.contains('/')).then_some(id)
+    }
+
+    /// `P/G/workers/<worker_id>`: this worker's retained presence document.
+    pub fn presence(&self) -> String {
+        format!("{}/{}/workers/{}", self.prefix, self.group, self.worker_id)
+    }
+
+    /// Filter matching every status topic of one task, with or without the
+    /// worker-id suffix.
+    pub fn status_filter(&self, task_id: &str) -> String {
+        format!("{}/{task_id}/status/#", self.tasks())
+    }
+
     /// `P/G/tasks/<id>/status` (or `.../status/<worker_id>`).
     pub fn status(&self, task_id: &str) -> String {
         let topic = format!("{}/{task_id}/status", self.tasks());
@@ -66,6 +95,21 @@ mod tests {
             "$share/ansible-worker-lab/ansible/lab/tasks"
         );
         assert_eq!(topics.status("t1"), "ansible/lab/tasks/t1/status");
+    }
+
+    #[test]
+    fn cancel_topics_round_trip_the_task_id() {
+        let topics = Topics::new("ansible", "lab", "w1", true, false);
+        assert_eq!(topics.cancel_filter(), "ansible/lab/tasks/+/cancel");
+        let topic = topics.cancel("t-1");
+        assert_eq!(topics.cancelled_task(&topic), Some("t-1"));
+        assert_eq!(topics.cancelled_task("ansible/lab/tasks/t-1/status"), None);
+        assert_eq!(
+            topics.cancelled_task("ansible/other/tasks/t-1/cancel"),
+            None
+        );
+        assert_eq!(topics.cancelled_task("ansible/lab/tasks/a/b/cancel"), None);
+        assert_eq!(topics.presence(), "ansible/lab/workers/w1");
     }
 
     #[test]

@@ -259,14 +259,38 @@ keepalive = 5
             port = setup.port,
             extra_mqtt = setup.extra_mqtt,
         );
+        Self::launch(dir, &config, &setup.env)
+    }
+
+    /// Starts the binary with the config text `make_config` writes for the
+    /// worker's own temp dir (for state and scratch files).
+    pub fn with_config(make_config: impl FnOnce(&Path) -> String) -> Self {
+        Self::with_config_and_env(&[], make_config)
+    }
+
+    /// As [`Worker::with_config`], with extra environment variables.
+    pub fn with_config_and_env(
+        env: &[(&str, &str)],
+        make_config: impl FnOnce(&Path) -> String,
+    ) -> Self {
+        let dir = TempDir::new().unwrap();
+        let config = make_config(dir.path());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch(dir, &config, &env)
+    }
+
+    fn launch(dir: TempDir, config: &str, env: &[(String, String)]) -> Self {
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ansible-worker"))
             .arg("-c")
             .arg(&config_path)
-            .env("RUST_LOG", "debug,rumqttc=info")
-            .envs(setup.env.iter().cloned())
+            .env("RUST_LOG", "debug,rumqttc=info,rumqttd=warn")
+            .envs(env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -275,6 +299,28 @@ keepalive = 5
             dir,
             child: Some(child),
         }
+    }
+
+    /// Waits until the worker logged `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || self.log().contains(needle)),
+            "worker never logged {needle:?}:\n{}",
+            self.log()
+        );
+    }
+
+    /// Sends SIGKILL (no shutdown, no DISCONNECT).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The config file the worker was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 
     /// True while the process runs.
@@ -339,6 +385,7 @@ pub struct Seen {
 pub struct Observer {
     pub client: AsyncClient,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connects: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
     prefix: String,
 }
@@ -346,6 +393,11 @@ pub struct Observer {
 impl Observer {
     /// Connects to the broker on `port` and follows `ansible/<group>/tasks/+/status/#`.
     pub async fn start(port: u16, group: &str) -> Self {
+        Self::start_with(port, group, None).await
+    }
+
+    /// As [`Observer::start`], logging in with `(user, password)`.
+    pub async fn start_with(port: u16, group: &str, login: Option<(&str, &str)>) -> Self {
         let mut options = MqttOptions::new(
             format!("observer-{group}-{}", fastrand::u32(..)),
             "127.0.0.1",
@@ -353,18 +405,29 @@ impl Observer {
         );
         options.set_max_packet_size(Some(4 * 1024 * 1024));
         options.set_keep_alive(Duration::from_secs(5));
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let filter = format!("ansible/{group}/tasks/+/status/#");
+        let filters = [
+            format!("ansible/{group}/tasks/+/status/#"),
+            format!("ansible/{group}/workers/+"),
+        ];
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
         let sink = seen.clone();
+        let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connected = connects.clone();
         let sub_client = client.clone();
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = sub_client.try_subscribe(&filter, QoS::AtLeastOnce);
+                        connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        for filter in &filters {
+                            let _ = sub_client.try_subscribe(filter, QoS::AtLeastOnce);
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = subscribed_tx.take() {
@@ -389,6 +452,7 @@ impl Observer {
         Observer {
             client,
             seen,
+            connects,
             task,
             prefix: format!("ansible/{group}"),
         }
@@ -407,6 +471,24 @@ impl Observer {
             .unwrap();
     }
 
+    /// How many times the observer connected (1 unless it lost the connection).
+    pub fn connects(&self) -> usize {
+        self.connects.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Publishes a cancel request for `task_id`.
+    pub async fn cancel(&self, task_id: &str, payload: &str) {
+        self.client
+            .publish(
+                format!("{}/tasks/{task_id}/cancel", self.prefix),
+                QoS::AtLeastOnce,
+                false,
+                payload.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Publishes a JSON request.
     pub async fn submit(&self, request: Value) {
         self.publish_raw(serde_json::to_vec(&request).unwrap())
@@ -415,18 +497,30 @@ impl Observer {
 
     /// Every status document received for `task_id`, in order.
     pub fn statuses(&self, task_id: &str) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
+        self.all()
+            .into_iter()
             .filter(|s| s.doc["task_id"] == task_id)
-            .map(|s| s.doc.clone())
+            .map(|s| s.doc)
             .collect()
     }
 
     /// Every status document received, with topics.
     pub fn all(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|s| s.topic.contains("/tasks/"))
+            .cloned()
+            .collect()
+    }
+
+    /// Every presence document of `worker_id` received, in order.
+    pub fn presence(&self, worker_id: &str) -> Vec<Value> {
+        let topic = format!("{}/workers/{worker_id}", self.prefix);
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|s| s.topic == topic)
+            .map(|s| s.doc.clone())
+            .collect()
     }
 
     /// The states received for `task_id`, in order.
@@ -495,7 +589,7 @@ pub fn distinct_finals(docs: &[Value]) -> usize {
     finals.len()
 }
 
-/// Processes whose command line contains `needle`.
+/// Processes whose command line (arguments joined by spaces) contains `needle`.
 pub fn processes_with(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -506,7 +600,9 @@ pub fn processes_with(needle: &str) -> Vec<u32> {
             continue;
         }
         if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
-            && String::from_utf8_lossy(&cmdline).contains(needle)
+            && String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(needle)
         {
             found.push(pid);
         }
