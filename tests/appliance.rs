@@ -392,3 +392,50 @@ fn submit_wait_exits_0_on_success_and_1_on_failure() {
     assert_eq!(failed.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("precondition not met"), "{stdout}");
 }
+
+/// rumqttd's router panics when a `clean_start = false` client, alone in a
+/// shared group, disconnects with unacked messages (MQTT-NOTES.md). The
+/// appliance must then exit (code 70) instead of staying half alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_broker_thread_ends_the_process() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let (mut appliance, ports) = start_appliance("");
+    let mut options = MqttOptions::new("lonely-member", "127.0.0.1", ports.v5);
+    options.set_clean_start(false).set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .subscribe("$share/lonely/crash/topic", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let publisher = Observer::start(ports.v5, "lab").await;
+    let mut received = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !received && Instant::now() < deadline {
+        let event = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+        match event {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) | Err(_) => {
+                publisher
+                    .client
+                    .publish("crash/topic", QoS::AtLeastOnce, false, "x")
+                    .await
+                    .unwrap();
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => received = true,
+            _ => {}
+        }
+    }
+    assert!(received, "the shared member never got the message");
+    // Drop the connection without acking.
+    drop(eventloop);
+    let code = tokio::task::spawn_blocking(move || {
+        let code = appliance.wait_exit(Duration::from_secs(20));
+        (code, appliance.log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(70), "{}", code.1);
+    assert!(code.1.contains("panicked"), "{}", code.1);
+}
