@@ -21,6 +21,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod intake;
+pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod pool;
@@ -37,7 +38,8 @@ use tokio_util::task::TaskTracker;
 use config::Config;
 use mqtt::MqttSide;
 use run::{PlaybookRunner, RunSettings};
-use table::TaskTable;
+use metrics::Metrics;
+use table::{TableSettings, TaskTable};
 
 /// Time allowed, beyond `kill_grace`, for runs, final statuses and the
 /// DISCONNECT to get out during shutdown.
@@ -92,11 +94,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     })?;
     let runner = Arc::new(runner);
 
-    let table = TaskTable::new(
-        &worker.worker_id,
-        worker.max_queue_size,
-        worker.history_limit,
-    );
+    let table = TaskTable::new(TableSettings {
+        worker_id: worker.worker_id.clone(),
+        max_queue_size: worker.max_queue_size,
+        history_limit: worker.history_limit,
+        playbook_directory: worker.playbook_directory.clone(),
+        metrics: Arc::new(Metrics::default()),
+    });
     let mqtt = MqttSide::start(&config, &table)?;
     let stop_pool = CancellationToken::new();
     let runs = TaskTracker::new();

@@ -11,8 +11,26 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::run::PlaybookRunner;
+use crate::model::Counters;
+use crate::run::{PlaybookRunner, RunEvents};
 use crate::table::TaskTable;
+
+/// Reports a run's progress and output into the table.
+struct TableEvents {
+    table: TaskTable,
+    task_id: String,
+}
+
+impl RunEvents for TableEvents {
+    fn progress(&self, counters: Counters) {
+        self.table.progress(&self.task_id, counters);
+    }
+
+    fn output(&self, line: &str) {
+        tracing::debug!(target: "ansible", task_id = %self.task_id, "{line}");
+        self.table.append_log(&self.task_id, line);
+    }
+}
 
 /// Dispatches queued tasks until `stop` is cancelled; runs are spawned on
 /// `runs`, which the caller waits on to drain them.
@@ -42,9 +60,11 @@ pub async fn dispatch(
         runs.spawn(async move {
             let id = spec.task_id.clone();
             tracing::info!(task_id = %id, playbook = %spec.playbook.display(), "run started");
-            let outcome = runner
-                .execute(&spec, cancel, |counters| table.progress(&id, counters))
-                .await;
+            let events = Arc::new(TableEvents {
+                table: table.clone(),
+                task_id: id.clone(),
+            });
+            let outcome = runner.execute(&spec, cancel, events).await;
             tracing::info!(task_id = %id, state = outcome.state.as_str(),
                 return_code = ?outcome.return_code, "run finished");
             table.finish(&id, outcome);

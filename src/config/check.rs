@@ -397,10 +397,15 @@ impl Checker<'_> {
                 format!("{listen} is also a broker listen address"),
             );
         }
+        let token_for_reads = raw.token_for_reads.unwrap_or(false);
+        if token_for_reads && token.is_none() {
+            self.invalid("http.token_for_reads", "needs http.token".to_owned());
+        }
         HttpConfig {
             enabled,
             listen,
             token,
+            token_for_reads,
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Bearer token required for submit and cancel when set.
     pub token: Option<Secret>,
+    /// Require the token for reads (API, dashboard data, events) too.
+    pub token_for_reads: bool,
 }
 
 /// A password or token: `Debug` and `Display` print `***`, so it never lands in a log.

@@ -73,4 +73,5 @@ pub(super) struct RawHttp {
     pub(super) enabled: Option<bool>,
     pub(super) listen: Option<String>,
     pub(super) token: Option<String>,
+    pub(super) token_for_reads: Option<bool>,
 }

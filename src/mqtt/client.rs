@@ -167,6 +167,9 @@ pub async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 generation += 1;
+                if generation > 1 {
+                    inbound.table.metrics().reconnected();
+                }
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to the broker"
@@ -233,7 +236,7 @@ fn receive(inbound: &Inbound, publish: &Publish) {
         }
         Err(Refusal::Unaddressable { reason }) => {
             tracing::warn!("task request rejected without a status: {reason}");
-            inbound.table.count_rejected();
+            inbound.table.reject_unaddressable(&reason);
         }
     }
 }

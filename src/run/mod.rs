@@ -15,6 +15,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -52,6 +53,14 @@ pub struct RunSettings {
     pub kill_grace: Duration,
 }
 
+/// What a run reports while it goes: coalesced counters and output lines.
+pub trait RunEvents: Send + Sync {
+    /// New live counters (at most every `PROGRESS_INTERVAL`).
+    fn progress(&self, counters: Counters);
+    /// One line of Ansible's human output.
+    fn output(&self, line: &str);
+}
+
 /// Runs playbooks with shared settings; serialises `git pull`.
 pub struct PlaybookRunner {
     settings: RunSettings,
@@ -81,13 +90,13 @@ impl PlaybookRunner {
         })
     }
 
-    /// Runs one task to its final outcome, calling `progress` with coalesced
-    /// live counters. Cancelling `cancel` kills the run and yields `cancelled`.
+    /// Runs one task to its final outcome, reporting progress and output to
+    /// `events`. Cancelling `cancel` kills the run and yields `cancelled`.
     pub async fn execute(
         &self,
         spec: &TaskSpec,
         cancel: CancellationToken,
-        progress: impl Fn(Counters),
+        events: Arc<dyn RunEvents>,
     ) -> RunOutcome {
         let limit = spec.timeout.unwrap_or(self.settings.default_timeout);
         let deadline = Instant::now() + limit;
@@ -99,7 +108,7 @@ impl PlaybookRunner {
         let run_id = format!("{}-{:08x}", spec.task_id, fastrand::u32(..));
         let run_dir = self.settings.runtime_dir.join(&run_id);
         let outcome = self
-            .run_in(&run_dir, &run_id, spec, &cancel, deadline, limit, &progress)
+            .run_in(&run_dir, &run_id, spec, &cancel, deadline, limit, events)
             .await;
         if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
             tracing::warn!(task_id = %spec.task_id, "cannot remove {}: {e}", run_dir.display());
@@ -116,7 +125,7 @@ impl PlaybookRunner {
         cancel: &CancellationToken,
         deadline: Instant,
         limit: Duration,
-        progress: &impl Fn(Counters),
+        events: Arc<dyn RunEvents>,
     ) -> RunOutcome {
         let prepared = match prepare_run_dir(run_dir, spec) {
             Ok(prepared) => prepared,
@@ -142,8 +151,8 @@ impl PlaybookRunner {
         };
         let leader = child.id().map(|pid| Pid::from_raw(pid as i32));
         let stdout = child.stdout.take().map(|out| {
-            let task_id = spec.task_id.clone();
-            tokio::spawn(async move { log_lines(out, &task_id).await })
+            let events = events.clone();
+            tokio::spawn(async move { forward_lines(out, events.as_ref()).await })
         });
         let stderr = child
             .stderr
@@ -155,7 +164,7 @@ impl PlaybookRunner {
             &mut child,
             prepared.events,
             &mut report,
-            progress,
+            events.as_ref(),
             cancel,
             deadline,
         )
@@ -359,13 +368,13 @@ pub fn playbook_args(spec: &TaskSpec, extra_vars_file: &Path) -> Vec<OsString> {
 /// first), reporting coalesced progress; then drains what is left in the FIFO.
 async fn follow(
     child: &mut Child,
-    events: pipe::Receiver,
+    callback_fifo: pipe::Receiver,
     report: &mut RunReport,
-    progress: &impl Fn(Counters),
+    events: &dyn RunEvents,
     cancel: &CancellationToken,
     deadline: Instant,
 ) -> Ending {
-    let mut lines = BufReader::new(events).lines();
+    let mut lines = BufReader::new(callback_fifo).lines();
     let mut last_sent = Counters::default();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     let ending = loop {
@@ -383,7 +392,7 @@ async fn follow(
             _ = tick.tick() => {
                 let now = report.counters();
                 if now != last_sent {
-                    progress(now);
+                    events.progress(now);
                     last_sent = now;
                 }
             }
@@ -405,10 +414,10 @@ fn apply(report: &mut RunReport, line: &str) {
     }
 }
 
-async fn log_lines(out: impl AsyncRead + Unpin, task_id: &str) {
+async fn forward_lines(out: impl AsyncRead + Unpin, events: &dyn RunEvents) {
     let mut lines = BufReader::new(out).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!(target: "ansible", task_id, "{line}");
+        events.output(&line);
     }
 }
 

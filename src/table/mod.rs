@@ -1,23 +1,54 @@
 //! The task table: the one place where task state changes.
 //!
 //! It owns every task this worker holds (queued, running and a bounded
-//! history of finished ones), the FIFO queue of waiting tasks, and the change
-//! stream. Each change is sent, in order, to every subscriber (the MQTT status
-//! publisher today; the dashboard and journal later). It does not run
-//! anything: the pool takes queued tasks from it and reports back.
+//! history of finished ones, each with the tail of its Ansible log), the FIFO
+//! queue of waiting tasks, the recently rejected requests, and two change
+//! streams: a lossless, ordered one per subscriber (the MQTT status
+//! publisher) and a lossy broadcast for live views (`view`: the HTTP API and
+//! its event stream). It does not run anything: the pool takes queued tasks
+//! from it and reports back.
 //!
 //! The state lives behind a `std::sync::Mutex` that is only held for short,
 //! synchronous updates, never across an `.await`.
 
+pub mod view;
+
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Counters, TaskSpec, TaskState, TaskStatus};
+use crate::metrics::{Metrics, Refusal};
+use crate::model::{Counters, Inventory, TaskSpec, TaskState, TaskStatus};
+use view::{LiveEvent, RejectedRequest, RequestSummary};
+
+/// Lines of Ansible output kept per task.
+pub const LOG_TAIL_LINES: usize = 500;
+/// Longest log line kept (characters); longer ones are cut.
+const LOG_LINE_CHARS: usize = 2000;
+/// Rejected requests remembered for the dashboard.
+const REJECTED_KEPT: usize = 100;
+/// Live events a slow reader may fall behind before it lags.
+const LIVE_CAPACITY: usize = 1024;
+
+/// What a table is sized and labelled by.
+#[derive(Debug, Clone)]
+pub struct TableSettings {
+    /// The worker that owns the tasks.
+    pub worker_id: String,
+    /// Waiting tasks beyond which requests are refused.
+    pub max_queue_size: usize,
+    /// Finished tasks kept.
+    pub history_limit: usize,
+    /// Playbook paths are shown relative to this directory.
+    pub playbook_directory: PathBuf,
+    /// Where finals, refusals and run durations are counted.
+    pub metrics: Arc<Metrics>,
+}
 
 /// What became of a submitted task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +117,11 @@ pub struct TaskTable {
 }
 
 struct Entry {
+    /// Insertion order, newest highest: the listing order and cursor.
+    seq: u64,
     status: TaskStatus,
+    request: Option<RequestSummary>,
+    log: VecDeque<String>,
     spec: Option<TaskSpec>,
     cancel: CancellationToken,
     /// Why a running task was told to stop; becomes its `error_message`.
@@ -94,35 +129,39 @@ struct Entry {
 }
 
 struct Inner {
-    worker_id: String,
-    max_queue_size: usize,
-    history_limit: usize,
+    settings: TableSettings,
     accepting: bool,
+    next_seq: u64,
     tasks: HashMap<String, Entry>,
     queue: VecDeque<String>,
     finished: VecDeque<String>,
-    rejected: u64,
+    rejected: VecDeque<RejectedRequest>,
     subscribers: Vec<mpsc::UnboundedSender<TaskStatus>>,
+    live: broadcast::Sender<LiveEvent>,
 }
 
 impl TaskTable {
-    /// An empty table for `worker_id`, holding at most `max_queue_size`
-    /// waiting tasks and `history_limit` finished ones.
-    pub fn new(worker_id: &str, max_queue_size: usize, history_limit: usize) -> Self {
+    /// An empty table.
+    pub fn new(settings: TableSettings) -> Self {
         TaskTable {
             inner: Arc::new(Mutex::new(Inner {
-                worker_id: worker_id.to_owned(),
-                max_queue_size,
-                history_limit,
+                settings,
                 accepting: true,
+                next_seq: 0,
                 tasks: HashMap::new(),
                 queue: VecDeque::new(),
                 finished: VecDeque::new(),
-                rejected: 0,
+                rejected: VecDeque::new(),
                 subscribers: Vec::new(),
+                live: broadcast::channel(LIVE_CAPACITY).0,
             })),
             queued_signal: Arc::new(Notify::new()),
         }
+    }
+
+    /// The counters this table reports to.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.lock().settings.metrics.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -147,41 +186,46 @@ impl TaskTable {
     /// queue is full or the worker is stopping. A held id is never run twice.
     pub fn submit(&self, spec: TaskSpec) -> Admission {
         let mut inner = self.lock();
-        if let Some(entry) = inner.tasks.get(&spec.task_id) {
-            let status = entry.status.clone();
-            inner.emit(&status);
+        if inner.republish(&spec.task_id) {
             return Admission::Duplicate;
         }
         let id = spec.task_id.clone();
+        let request = Some(inner.summary(&spec));
+        let worker_id = inner.settings.worker_id.clone();
         if !inner.accepting {
-            let status = TaskStatus::new(&id, &inner.worker_id, TaskState::Cancelled);
             let status = TaskStatus {
                 error_message: Some("Worker is shutting down".into()),
-                ..status
+                ..TaskStatus::new(&id, &worker_id, TaskState::Cancelled)
             };
-            inner.insert_final(status);
+            inner.settings.metrics.refused(Refusal::ShuttingDown);
+            inner.insert_final(status, request);
             return Admission::ShuttingDown;
         }
-        if inner.queue.len() >= inner.max_queue_size {
-            let message = format!("Queue full (max: {})", inner.max_queue_size);
+        if inner.queue.len() >= inner.settings.max_queue_size {
+            let message = format!("Queue full (max: {})", inner.settings.max_queue_size);
             let status = TaskStatus {
                 error_message: Some(message),
-                ..TaskStatus::new(&id, &inner.worker_id, TaskState::Failed)
+                ..TaskStatus::new(&id, &worker_id, TaskState::Failed)
             };
-            inner.insert_final(status);
+            inner.settings.metrics.refused(Refusal::QueueFull);
+            inner.insert_final(status, request);
             return Admission::QueueFull;
         }
-        let status = TaskStatus::new(&id, &inner.worker_id, TaskState::Queued);
-        inner.emit(&status);
+        let status = TaskStatus::new(&id, &worker_id, TaskState::Queued);
+        let seq = inner.take_seq();
         inner.tasks.insert(
             id.clone(),
             Entry {
-                status,
+                seq,
+                status: status.clone(),
+                request,
+                log: VecDeque::new(),
                 spec: Some(spec),
                 cancel: CancellationToken::new(),
                 cancel_reason: None,
             },
         );
+        inner.emit(&status);
         inner.queue.push_back(id);
         drop(inner);
         self.queued_signal.notify_one();
@@ -192,27 +236,41 @@ impl TaskTable {
     /// status naming the reason. A held id keeps its status (re-published).
     pub fn refuse(&self, task_id: &str, reason: &str) -> Admission {
         let mut inner = self.lock();
-        if let Some(entry) = inner.tasks.get(task_id) {
-            let status = entry.status.clone();
-            inner.emit(&status);
+        if inner.republish(task_id) {
             return Admission::Duplicate;
         }
         let status = TaskStatus {
             error_message: Some(reason.to_owned()),
-            ..TaskStatus::new(task_id, &inner.worker_id, TaskState::Failed)
+            ..TaskStatus::new(task_id, &inner.settings.worker_id, TaskState::Failed)
         };
-        inner.insert_final(status);
+        inner.settings.metrics.refused(Refusal::Invalid);
+        inner.record_rejected(Some(task_id), reason);
+        inner.insert_final(status, None);
         Admission::Refused
     }
 
-    /// Counts a request that could not be addressed (no usable task id).
-    pub fn count_rejected(&self) {
-        self.lock().rejected += 1;
+    /// Records a request that could not be addressed (no usable task id).
+    pub fn reject_unaddressable(&self, reason: &str) {
+        let mut inner = self.lock();
+        inner.settings.metrics.refused(Refusal::Unaddressable);
+        inner.record_rejected(None, reason);
     }
 
-    /// How many requests were rejected without a usable task id.
-    pub fn rejected(&self) -> u64 {
-        self.lock().rejected
+    /// Adds a line of a running task's Ansible output to its log tail.
+    pub fn append_log(&self, task_id: &str, line: &str) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.tasks.get_mut(task_id) else {
+            return;
+        };
+        let line: String = line.chars().take(LOG_LINE_CHARS).collect();
+        if entry.log.len() == LOG_TAIL_LINES {
+            entry.log.pop_front();
+        }
+        entry.log.push_back(line.clone());
+        let _ = inner.live.send(LiveEvent::Log {
+            task_id: task_id.to_owned(),
+            line,
+        });
     }
 
     /// Waits for the oldest queued task and takes it off the queue, with the
@@ -264,7 +322,9 @@ impl TaskTable {
         }
         let status = &mut entry.status;
         status.state = outcome.state;
-        status.completed_at = Some(Utc::now());
+        let completed = Utc::now();
+        status.completed_at = Some(completed);
+        let run = status.started_at.and_then(|started| (completed - started).to_std().ok());
         status.return_code = outcome.return_code;
         status.counters = outcome.counters;
         status.error_message = match (outcome.state, entry.cancel_reason.take()) {
@@ -275,6 +335,7 @@ impl TaskTable {
         status.output_per_host = outcome.output_per_host;
         entry.spec = None;
         let status = status.clone();
+        inner.settings.metrics.task_finished(status.state, run);
         inner.emit(&status);
         inner.remember_finished(task_id.to_owned());
     }
@@ -340,30 +401,85 @@ impl TaskTable {
 }
 
 impl Inner {
+    /// Sends a held task's current status again; false if it is not held.
+    fn republish(&mut self, task_id: &str) -> bool {
+        let Some(entry) = self.tasks.get(task_id) else {
+            return false;
+        };
+        let status = entry.status.clone();
+        self.settings.metrics.refused(Refusal::Duplicate);
+        self.emit(&status);
+        true
+    }
+
+    /// Sends a change to every subscriber and to live views. The entry must
+    /// already hold `status`.
     fn emit(&mut self, status: &TaskStatus) {
         let snapshot = status.at(Utc::now());
+        if let Some(entry) = self.tasks.get(&status.task_id) {
+            let _ = self.live.send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
+        }
         self.subscribers
             .retain(|subscriber| subscriber.send(snapshot.clone()).is_ok());
     }
 
-    fn insert_final(&mut self, status: TaskStatus) {
-        self.emit(&status);
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn summary(&self, spec: &TaskSpec) -> RequestSummary {
+        let root = &self.settings.playbook_directory;
+        let relative = |path: &std::path::Path| {
+            path.strip_prefix(root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        RequestSummary {
+            playbook: relative(&spec.playbook),
+            inventory: match &spec.inventory {
+                Inventory::File(path) => relative(path),
+                Inventory::Inline(hosts) => hosts.clone(),
+            },
+            check_mode: spec.check_mode,
+        }
+    }
+
+    fn record_rejected(&mut self, task_id: Option<&str>, reason: &str) {
+        if self.rejected.len() == REJECTED_KEPT {
+            self.rejected.pop_front();
+        }
+        self.rejected.push_back(RejectedRequest {
+            at: Utc::now(),
+            task_id: task_id.map(str::to_owned),
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn insert_final(&mut self, status: TaskStatus, request: Option<RequestSummary>) {
         let id = status.task_id.clone();
+        let seq = self.take_seq();
+        self.settings.metrics.task_finished(status.state, None);
         self.tasks.insert(
             id.clone(),
             Entry {
-                status,
+                seq,
+                status: status.clone(),
+                request,
+                log: VecDeque::new(),
                 spec: None,
                 cancel: CancellationToken::new(),
                 cancel_reason: None,
             },
         );
+        self.emit(&status);
         self.remember_finished(id);
     }
 
     fn remember_finished(&mut self, id: String) {
         self.finished.push_back(id);
-        while self.finished.len() > self.history_limit {
+        while self.finished.len() > self.settings.history_limit {
             if let Some(old) = self.finished.pop_front() {
                 self.tasks.remove(&old);
             }
@@ -398,6 +514,7 @@ impl Inner {
         entry.spec = None;
         entry.cancel.cancel();
         let status = entry.status.clone();
+        self.settings.metrics.task_finished(TaskState::Cancelled, None);
         self.queue.retain(|queued| queued != id);
         self.emit(&status);
         self.remember_finished(id.to_owned());
@@ -413,128 +530,4 @@ impl Entry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Inventory;
-    use std::path::PathBuf;
-
-    fn spec(id: &str) -> TaskSpec {
-        TaskSpec {
-            task_id: id.into(),
-            playbook: PathBuf::from("/p/site.yml"),
-            inventory: Inventory::Inline("localhost,".into()),
-            extra_vars: Map::new(),
-            limit: None,
-            tags: vec![],
-            skip_tags: vec![],
-            verbosity: 0,
-            check_mode: false,
-            diff_mode: false,
-            forks: 5,
-            timeout: None,
-            git_pull: false,
-        }
-    }
-
-    fn drain(rx: &mut mpsc::UnboundedReceiver<TaskStatus>) -> Vec<(String, TaskState)> {
-        let mut seen = vec![];
-        while let Ok(s) = rx.try_recv() {
-            seen.push((s.task_id, s.state));
-        }
-        seen
-    }
-
-    #[tokio::test]
-    async fn states_flow_queued_running_final_once() {
-        let table = TaskTable::new("w", 10, 10);
-        let mut rx = table.subscribe();
-        assert_eq!(table.submit(spec("a")), Admission::Queued);
-        let (taken, _) = table.next_queued().await;
-        assert_eq!(taken.task_id, "a");
-        table.mark_running("a");
-        table.progress(
-            "a",
-            Counters {
-                ok: 1,
-                ..Counters::default()
-            },
-        );
-        let outcome = RunOutcome::refused(TaskState::Failed, "x".into());
-        table.finish("a", outcome.clone());
-        table.finish("a", outcome);
-        use TaskState::*;
-        let states: Vec<_> = drain(&mut rx).into_iter().map(|(_, s)| s).collect();
-        assert_eq!(states, vec![Queued, Running, Running, Failed]);
-    }
-
-    #[tokio::test]
-    async fn duplicate_id_is_not_queued_again_and_republishes() {
-        let table = TaskTable::new("w", 10, 10);
-        let mut rx = table.subscribe();
-        table.submit(spec("a"));
-        assert_eq!(table.submit(spec("a")), Admission::Duplicate);
-        assert_eq!(table.refuse("a", "bad"), Admission::Duplicate);
-        assert_eq!(drain(&mut rx).len(), 3);
-        assert_eq!(table.load(), (1, 0));
-        assert_eq!(table.status("a").unwrap().state, TaskState::Queued);
-    }
-
-    #[test]
-    fn queue_full_fails_with_the_limit_in_the_message() {
-        let table = TaskTable::new("w", 1, 10);
-        table.submit(spec("a"));
-        assert_eq!(table.submit(spec("b")), Admission::QueueFull);
-        let b = table.status("b").unwrap();
-        assert_eq!(b.state, TaskState::Failed);
-        assert_eq!(b.error_message.as_deref(), Some("Queue full (max: 1)"));
-    }
-
-    #[tokio::test]
-    async fn shutdown_cancels_queued_and_signals_running() {
-        let table = TaskTable::new("w", 10, 10);
-        table.submit(spec("a"));
-        table.submit(spec("b"));
-        let (_, token) = table.next_queued().await;
-        table.mark_running("a");
-        table.shutdown();
-        assert!(token.is_cancelled());
-        assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
-        assert_eq!(table.status("a").unwrap().state, TaskState::Running);
-        assert_eq!(table.submit(spec("c")), Admission::ShuttingDown);
-    }
-
-    #[tokio::test]
-    async fn cancel_ends_a_queued_task_and_signals_a_running_one() {
-        let table = TaskTable::new("w", 10, 10);
-        table.submit(spec("a"));
-        table.submit(spec("b"));
-        let (_, token) = table.next_queued().await;
-        table.mark_running("a");
-        assert_eq!(table.cancel("b", "Cancelled by request"), Cancel::Dequeued);
-        assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
-        assert_eq!(table.cancel("a", "Cancelled by request"), Cancel::Stopping);
-        assert!(token.is_cancelled());
-        table.finish(
-            "a",
-            RunOutcome::refused(TaskState::Cancelled, "Cancelled".into()),
-        );
-        let a = table.status("a").unwrap();
-        assert_eq!(a.error_message.as_deref(), Some("Cancelled by request"));
-        assert_eq!(table.cancel("b", "again"), Cancel::AlreadyFinished);
-        assert_eq!(table.cancel("zz", "x"), Cancel::Unknown);
-        // A cancelled queued task is never handed to the pool.
-        table.submit(spec("c"));
-        let (next, _) = table.next_queued().await;
-        assert_eq!(next.task_id, "c");
-    }
-
-    #[test]
-    fn history_is_bounded() {
-        let table = TaskTable::new("w", 10, 2);
-        for id in ["a", "b", "c"] {
-            table.refuse(id, "bad");
-        }
-        assert!(table.status("a").is_none());
-        assert!(table.status("c").is_some());
-    }
-}
+mod tests;

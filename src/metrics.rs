@@ -1,0 +1,191 @@
+//! Process-wide counters and their Prometheus text rendering (`/metrics`).
+//!
+//! The task table records finals, refusals and run durations; the MQTT client
+//! records reconnects. Queue and running gauges are read from the table when
+//! rendering, so nothing here keeps a second copy of task state.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::model::TaskState;
+
+/// Why a request did not become a queued task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not JSON, not an object, or no usable task id.
+    Unaddressable,
+    /// A usable id but another field broke a rule.
+    Invalid,
+    /// The queue was full.
+    QueueFull,
+    /// The worker was shutting down.
+    ShuttingDown,
+    /// The task id was already held (not run again).
+    Duplicate,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 5] = [
+        Refusal::Unaddressable,
+        Refusal::Invalid,
+        Refusal::QueueFull,
+        Refusal::ShuttingDown,
+        Refusal::Duplicate,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Unaddressable => "unaddressable",
+            Refusal::Invalid => "invalid",
+            Refusal::QueueFull => "queue_full",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the run duration histogram's buckets.
+const DURATION_BUCKETS: [f64; 10] = [0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+/// Final states, in rendering order.
+const FINAL_STATES: [TaskState; 4] = [
+    TaskState::Success,
+    TaskState::Failed,
+    TaskState::Cancelled,
+    TaskState::Timeout,
+];
+
+/// Counters shared by the table, the MQTT client and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    finals: [AtomicU64; 4],
+    refusals: [AtomicU64; 5],
+    reconnects: AtomicU64,
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a task that reached `state`, and the length of its run if it
+    /// ran.
+    pub fn task_finished(&self, state: TaskState, run: Option<Duration>) {
+        if let Some(i) = FINAL_STATES.iter().position(|s| *s == state) {
+            self.finals[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(run) = run {
+            let seconds = run.as_secs_f64();
+            for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.duration_buckets) {
+                if seconds <= *bound {
+                    bucket.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.duration_count.fetch_add(1, Ordering::Relaxed);
+            let micros = u64::try_from(run.as_micros()).unwrap_or(u64::MAX);
+            self.duration_sum_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a refused request.
+    pub fn refused(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reconnect to the broker (every connect after the first).
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition, with the current queue gauges.
+    pub fn render(&self, queued: usize, running: usize) -> String {
+        let mut out = String::new();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        header(&mut out, "ansible_worker_build_info", "gauge", "Version of the running worker.");
+        let _ = writeln!(
+            out,
+            "ansible_worker_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        header(&mut out, "ansible_worker_tasks_total", "counter", "Tasks that reached a final state, by state.");
+        for (state, counter) in FINAL_STATES.iter().zip(&self.finals) {
+            let _ = writeln!(
+                out,
+                "ansible_worker_tasks_total{{state=\"{}\"}} {}",
+                state.as_str(),
+                load(counter)
+            );
+        }
+        header(&mut out, "ansible_worker_tasks_queued", "gauge", "Tasks waiting for a run slot.");
+        let _ = writeln!(out, "ansible_worker_tasks_queued {queued}");
+        header(&mut out, "ansible_worker_tasks_running", "gauge", "Tasks running now.");
+        let _ = writeln!(out, "ansible_worker_tasks_running {running}");
+        header(&mut out, "ansible_worker_refusals_total", "counter", "Requests that did not become a queued task, by reason.");
+        for (why, counter) in Refusal::ALL.iter().zip(&self.refusals) {
+            let _ = writeln!(
+                out,
+                "ansible_worker_refusals_total{{reason=\"{}\"}} {}",
+                why.label(),
+                load(counter)
+            );
+        }
+        header(&mut out, "ansible_worker_mqtt_reconnects_total", "counter", "Reconnects to the MQTT broker.");
+        let _ = writeln!(out, "ansible_worker_mqtt_reconnects_total {}", load(&self.reconnects));
+        header(&mut out, "ansible_worker_run_duration_seconds", "histogram", "Length of ansible-playbook runs.");
+        for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.duration_buckets) {
+            let _ = writeln!(
+                out,
+                "ansible_worker_run_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                load(bucket)
+            );
+        }
+        let count = load(&self.duration_count);
+        let _ = writeln!(out, "ansible_worker_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = load(&self.duration_sum_micros) as f64 / 1e6;
+        let _ = writeln!(out, "ansible_worker_run_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "ansible_worker_run_duration_seconds_count {count}");
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn counts_move_and_histogram_buckets_are_cumulative() {
+        let metrics = Metrics::default();
+        metrics.task_finished(TaskState::Success, Some(Duration::from_millis(1500)));
+        metrics.task_finished(TaskState::Failed, Some(Duration::from_secs(20)));
+        metrics.task_finished(TaskState::Failed, None);
+        metrics.refused(Refusal::QueueFull);
+        metrics.reconnected();
+        let text = metrics.render(3, 1);
+        assert_eq!(value(&text, "ansible_worker_tasks_total{state=\"success\"}"), 1.0);
+        assert_eq!(value(&text, "ansible_worker_tasks_total{state=\"failed\"}"), 2.0);
+        assert_eq!(value(&text, "ansible_worker_refusals_total{reason=\"queue_full\"}"), 1.0);
+        assert_eq!(value(&text, "ansible_worker_tasks_queued"), 3.0);
+        assert_eq!(value(&text, "ansible_worker_mqtt_reconnects_total"), 1.0);
+        let bucket = |le: &str| {
+            value(&text, &format!("ansible_worker_run_duration_seconds_bucket{{le=\"{le}\"}}"))
+        };
+        assert_eq!(bucket("1"), 0.0);
+        assert_eq!(bucket("2.5"), 1.0);
+        assert_eq!(bucket("30"), 2.0);
+        assert_eq!(bucket("+Inf"), 2.0);
+        assert_eq!(value(&text, "ansible_worker_run_duration_seconds_sum"), 21.5);
+    }
+}
