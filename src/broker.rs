@@ -92,7 +92,7 @@ fn wait_until_accepting(addr: SocketAddr) -> Result<(), BrokerError> {
 
 /// Where to connect to reach a listener bound to `addr` (a wildcard address
 /// is reached over loopback).
-fn loopback_for(addr: SocketAddr) -> SocketAddr {
+pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
             SocketAddr::from(([127, 0, 0, 1], v4.port()))

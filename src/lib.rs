@@ -11,6 +11,7 @@
 //!   observed through a callback plugin; timeouts and cancel kill the tree.
 //! - [`mqtt`]: the broker connection, the status publisher and presence.
 //! - [`broker`]: the optional embedded MQTT broker (rumqttd).
+//! - [`http`]: dashboard, JSON API, live events, health and metrics.
 //! - [`submit`]: controller-side commands (`submit`, `cancel`) that talk to a
 //!   worker through the broker.
 //!
@@ -20,6 +21,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod model;
@@ -36,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
+use metrics::Metrics;
 use mqtt::MqttSide;
 use run::{PlaybookRunner, RunSettings};
-use metrics::Metrics;
 use table::{TableSettings, TaskTable};
 
 /// Time allowed, beyond `kill_grace`, for runs, final statuses and the
@@ -62,6 +64,14 @@ pub enum StartError {
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        /// The listen address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Runs the worker until `shutdown` is cancelled, then stops taking requests,
@@ -69,9 +79,6 @@ pub enum StartError {
 /// disconnects.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let worker = &config.worker;
-    if config.http.enabled {
-        tracing::warn!("[http] is not available in this version; ignoring it");
-    }
     if config.broker.enabled {
         broker::start(&config.broker)?;
     }
@@ -102,6 +109,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         metrics: Arc::new(Metrics::default()),
     });
     let mqtt = MqttSide::start(&config, &table)?;
+    let http = match config.http.enabled {
+        true => Some(start_http(&config, &table, &mqtt, &shutdown).await?),
+        false => None,
+    };
     let stop_pool = CancellationToken::new();
     let runs = TaskTracker::new();
     let pool = tokio::spawn(pool::dispatch(
@@ -133,7 +144,54 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     }
     table.close_subscribers();
     mqtt.finish(SHUTDOWN_MARGIN).await;
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(SHUTDOWN_MARGIN, http).await;
+    }
     let _ = std::fs::remove_dir_all(&runtime_dir);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the HTTP listener (failing startup if it cannot) and serves the
+/// dashboard and API until `shutdown`.
+async fn start_http(
+    config: &Config,
+    table: &TaskTable,
+    mqtt: &MqttSide,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let worker = &config.worker;
+    let addr = config.http.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Http { addr, source })?;
+    let (host, port) = config.mqtt.effective_host(&config.broker);
+    let state = http::AppState {
+        table: table.clone(),
+        client: mqtt.client(),
+        topics: mqtt.topics().clone(),
+        policy: Arc::new(intake::IntakePolicy {
+            playbook_directory: worker.playbook_directory.clone(),
+            allow_ansible_vars: worker.allow_ansible_vars,
+        }),
+        link: mqtt.link_state(),
+        info: Arc::new(http::WorkerInfo {
+            worker_id: worker.worker_id.clone(),
+            group: worker.group_name.clone(),
+            broker: format!("{host}:{port}"),
+            concurrency: worker.concurrency,
+            playbook_directory: worker.playbook_directory.clone(),
+            embedded_broker: config.broker.enabled.then_some(config.broker.listen),
+            ansible_playbook: run::resolve_program(&worker.ansible_playbook_path),
+        }),
+        token: config.http.token.clone(),
+        token_for_reads: config.http.token_for_reads,
+        shutdown: shutdown.clone(),
+    };
+    tracing::info!(%addr, "serving the dashboard and API");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = http::serve(listener, state).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    }))
 }

@@ -82,7 +82,8 @@ impl Metrics {
             }
             self.duration_count.fetch_add(1, Ordering::Relaxed);
             let micros = u64::try_from(run.as_micros()).unwrap_or(u64::MAX);
-            self.duration_sum_micros.fetch_add(micros, Ordering::Relaxed);
+            self.duration_sum_micros
+                .fetch_add(micros, Ordering::Relaxed);
         }
     }
 
@@ -101,13 +102,23 @@ impl Metrics {
     pub fn render(&self, queued: usize, running: usize) -> String {
         let mut out = String::new();
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        header(&mut out, "ansible_worker_build_info", "gauge", "Version of the running worker.");
+        header(
+            &mut out,
+            "ansible_worker_build_info",
+            "gauge",
+            "Version of the running worker.",
+        );
         let _ = writeln!(
             out,
             "ansible_worker_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        header(&mut out, "ansible_worker_tasks_total", "counter", "Tasks that reached a final state, by state.");
+        header(
+            &mut out,
+            "ansible_worker_tasks_total",
+            "counter",
+            "Tasks that reached a final state, by state.",
+        );
         for (state, counter) in FINAL_STATES.iter().zip(&self.finals) {
             let _ = writeln!(
                 out,
@@ -116,11 +127,26 @@ impl Metrics {
                 load(counter)
             );
         }
-        header(&mut out, "ansible_worker_tasks_queued", "gauge", "Tasks waiting for a run slot.");
+        header(
+            &mut out,
+            "ansible_worker_tasks_queued",
+            "gauge",
+            "Tasks waiting for a run slot.",
+        );
         let _ = writeln!(out, "ansible_worker_tasks_queued {queued}");
-        header(&mut out, "ansible_worker_tasks_running", "gauge", "Tasks running now.");
+        header(
+            &mut out,
+            "ansible_worker_tasks_running",
+            "gauge",
+            "Tasks running now.",
+        );
         let _ = writeln!(out, "ansible_worker_tasks_running {running}");
-        header(&mut out, "ansible_worker_refusals_total", "counter", "Requests that did not become a queued task, by reason.");
+        header(
+            &mut out,
+            "ansible_worker_refusals_total",
+            "counter",
+            "Requests that did not become a queued task, by reason.",
+        );
         for (why, counter) in Refusal::ALL.iter().zip(&self.refusals) {
             let _ = writeln!(
                 out,
@@ -129,9 +155,23 @@ impl Metrics {
                 load(counter)
             );
         }
-        header(&mut out, "ansible_worker_mqtt_reconnects_total", "counter", "Reconnects to the MQTT broker.");
-        let _ = writeln!(out, "ansible_worker_mqtt_reconnects_total {}", load(&self.reconnects));
-        header(&mut out, "ansible_worker_run_duration_seconds", "histogram", "Length of ansible-playbook runs.");
+        header(
+            &mut out,
+            "ansible_worker_mqtt_reconnects_total",
+            "counter",
+            "Reconnects to the MQTT broker.",
+        );
+        let _ = writeln!(
+            out,
+            "ansible_worker_mqtt_reconnects_total {}",
+            load(&self.reconnects)
+        );
+        header(
+            &mut out,
+            "ansible_worker_run_duration_seconds",
+            "histogram",
+            "Length of ansible-playbook runs.",
+        );
         for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.duration_buckets) {
             let _ = writeln!(
                 out,
@@ -140,7 +180,10 @@ impl Metrics {
             );
         }
         let count = load(&self.duration_count);
-        let _ = writeln!(out, "ansible_worker_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "ansible_worker_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = load(&self.duration_sum_micros) as f64 / 1e6;
         let _ = writeln!(out, "ansible_worker_run_duration_seconds_sum {sum}");
         let _ = writeln!(out, "ansible_worker_run_duration_seconds_count {count}");
@@ -174,18 +217,36 @@ mod tests {
         metrics.refused(Refusal::QueueFull);
         metrics.reconnected();
         let text = metrics.render(3, 1);
-        assert_eq!(value(&text, "ansible_worker_tasks_total{state=\"success\"}"), 1.0);
-        assert_eq!(value(&text, "ansible_worker_tasks_total{state=\"failed\"}"), 2.0);
-        assert_eq!(value(&text, "ansible_worker_refusals_total{reason=\"queue_full\"}"), 1.0);
+        assert_eq!(
+            value(&text, "ansible_worker_tasks_total{state=\"success\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "ansible_worker_tasks_total{state=\"failed\"}"),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "ansible_worker_refusals_total{reason=\"queue_full\"}"
+            ),
+            1.0
+        );
         assert_eq!(value(&text, "ansible_worker_tasks_queued"), 3.0);
         assert_eq!(value(&text, "ansible_worker_mqtt_reconnects_total"), 1.0);
         let bucket = |le: &str| {
-            value(&text, &format!("ansible_worker_run_duration_seconds_bucket{{le=\"{le}\"}}"))
+            value(
+                &text,
+                &format!("ansible_worker_run_duration_seconds_bucket{{le=\"{le}\"}}"),
+            )
         };
         assert_eq!(bucket("1"), 0.0);
         assert_eq!(bucket("2.5"), 1.0);
         assert_eq!(bucket("30"), 2.0);
         assert_eq!(bucket("+Inf"), 2.0);
-        assert_eq!(value(&text, "ansible_worker_run_duration_seconds_sum"), 21.5);
+        assert_eq!(
+            value(&text, "ansible_worker_run_duration_seconds_sum"),
+            21.5
+        );
     }
 }

@@ -15,6 +15,17 @@ use serde_json::{Value, json};
 struct Ports {
     v5: u16,
     v4: u16,
+    http: u16,
+}
+
+impl Ports {
+    fn free() -> Self {
+        Ports {
+            v5: free_port(),
+            v4: free_port(),
+            http: free_port(),
+        }
+    }
 }
 
 /// `config.example.toml` with free ports, absolute paths and the test venv:
@@ -25,6 +36,7 @@ fn example_config(dir: &Path, ports: &Ports, extra: &str) -> String {
     let replaced = example
         .replace("127.0.0.1:1883", &format!("127.0.0.1:{}", ports.v5))
         .replace("127.0.0.1:1882", &format!("127.0.0.1:{}", ports.v4))
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", ports.http))
         .replace(
             "playbook_directory = \"examples/playbooks\"",
             &format!("playbook_directory = \"{}\"", playbooks.display()),
@@ -46,10 +58,7 @@ fn example_config(dir: &Path, ports: &Ports, extra: &str) -> String {
 }
 
 fn start_appliance(extra: &str) -> (Worker, Ports) {
-    let ports = Ports {
-        v5: free_port(),
-        v4: free_port(),
-    };
+    let ports = Ports::free();
     let worker = Worker::with_config(|dir| example_config(dir, &ports, extra));
     worker.wait_log("subscribed", Duration::from_secs(20));
     (worker, ports)
@@ -224,10 +233,7 @@ async fn large_payload_is_accepted_and_an_oversized_one_disturbs_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_users_refuse_a_wrong_password_and_the_worker_logs_in() {
-    let ports = Ports {
-        v5: free_port(),
-        v4: free_port(),
-    };
+    let ports = Ports::free();
     let appliance = Worker::with_config_and_env(&[("MQTT_PASSWORD", "lab-secret")], |dir| {
         example_config(dir, &ports, "")
             .replace("# username = \"worker\"", "username = \"worker\"")

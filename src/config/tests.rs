@@ -293,7 +293,7 @@ fn example_config_loads_with_an_empty_environment() {
     let config = load(EXAMPLE_CONFIG, Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
     assert_eq!(config.worker.group_name, "lab");
     assert_eq!(config.worker.worker_id, "lab-1");
-    assert!(config.broker.enabled && !config.http.enabled);
+    assert!(config.broker.enabled && config.http.enabled);
     assert_eq!(
         config.mqtt.effective_host(&config.broker),
         ("127.0.0.1".into(), 1883)

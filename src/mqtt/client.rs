@@ -37,6 +37,8 @@ pub struct LinkState {
     pub up: bool,
     /// Counts successful connects; changes on every reconnect.
     pub generation: u64,
+    /// The broker acknowledged the subscriptions of this connection.
+    pub subscribed: bool,
 }
 
 /// Errors building the client from the config.
@@ -181,22 +183,28 @@ pub async fn drive(
                 link.send_replace(LinkState {
                     up: true,
                     generation,
+                    subscribed: ack.session_present,
                 });
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 tracing::info!(reasons = ?ack.return_codes, "subscribed");
+                link.send_if_modified(|state| !std::mem::replace(&mut state.subscribed, true));
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => receive(&inbound, &publish),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 link.send_replace(LinkState {
                     up: false,
                     generation,
+                    subscribed: false,
                 });
                 return;
             }
             Ok(_) => {}
             Err(e) => {
-                link.send_if_modified(|state| std::mem::replace(&mut state.up, false));
+                link.send_if_modified(|state| {
+                    state.subscribed = false;
+                    std::mem::replace(&mut state.up, false)
+                });
                 let delay = backoff.next_delay();
                 tracing::warn!("broker connection failed: {e}; retrying in {delay:.1?}");
                 tokio::select! {

@@ -27,6 +27,7 @@ use topics::Topics;
 pub struct MqttSide {
     client: AsyncClient,
     topics: Topics,
+    link_state: watch::Receiver<LinkState>,
     link: JoinHandle<()>,
     abort_link: CancellationToken,
     publisher: JoinHandle<()>,
@@ -67,7 +68,7 @@ impl MqttSide {
             client.clone(),
             presence,
             table.clone(),
-            link_rx,
+            link_rx.clone(),
             stop_presence.clone(),
         ));
         let inbound = Inbound {
@@ -89,6 +90,7 @@ impl MqttSide {
         Ok(MqttSide {
             client,
             topics,
+            link_state: link_rx,
             link,
             abort_link,
             publisher,
@@ -100,6 +102,16 @@ impl MqttSide {
     /// The topic names in use.
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+
+    /// A handle for publishing (the HTTP API forwards requests with it).
+    pub fn client(&self) -> AsyncClient {
+        self.client.clone()
+    }
+
+    /// The connection state, as it changes.
+    pub fn link_state(&self) -> watch::Receiver<LinkState> {
+        self.link_state.clone()
     }
 
     /// Stops taking task requests: the broker hands new ones to other

@@ -296,6 +296,22 @@ impl PlaybookRunner {
     }
 }
 
+/// Where `program` resolves: itself when it names a path, else the first
+/// executable file of that name on `PATH`.
+pub fn resolve_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
+}
+
 /// Files of one run, inside its private directory.
 struct PreparedRun {
     extra_vars: PathBuf,
@@ -543,6 +559,17 @@ mod tests {
                 "--forks=3",
             ]
         );
+    }
+
+    #[test]
+    fn programs_resolve_by_path_or_on_path() {
+        assert!(resolve_program(Path::new("sh")).is_some());
+        assert!(resolve_program(Path::new("/bin/sh")).is_some());
+        assert!(resolve_program(Path::new("no-such-program-here")).is_none());
+        let dir = tempfile::TempDir::new().unwrap();
+        let plain = dir.path().join("not-executable");
+        std::fs::write(&plain, "").unwrap();
+        assert!(resolve_program(&plain).is_none());
     }
 
     #[test]

@@ -324,7 +324,9 @@ impl TaskTable {
         status.state = outcome.state;
         let completed = Utc::now();
         status.completed_at = Some(completed);
-        let run = status.started_at.and_then(|started| (completed - started).to_std().ok());
+        let run = status
+            .started_at
+            .and_then(|started| (completed - started).to_std().ok());
         status.return_code = outcome.return_code;
         status.counters = outcome.counters;
         status.error_message = match (outcome.state, entry.cancel_reason.take()) {
@@ -417,7 +419,9 @@ impl Inner {
     fn emit(&mut self, status: &TaskStatus) {
         let snapshot = status.at(Utc::now());
         if let Some(entry) = self.tasks.get(&status.task_id) {
-            let _ = self.live.send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
+            let _ = self
+                .live
+                .send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
         }
         self.subscribers
             .retain(|subscriber| subscriber.send(snapshot.clone()).is_ok());
@@ -514,7 +518,9 @@ impl Inner {
         entry.spec = None;
         entry.cancel.cancel();
         let status = entry.status.clone();
-        self.settings.metrics.task_finished(TaskState::Cancelled, None);
+        self.settings
+            .metrics
+            .task_finished(TaskState::Cancelled, None);
         self.queue.retain(|queued| queued != id);
         self.emit(&status);
         self.remember_finished(id.to_owned());

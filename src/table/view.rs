@@ -87,7 +87,7 @@ impl TaskTable {
             .filter(|e| state.is_none_or(|s| e.status.state == s))
             .filter(|e| cursor.is_none_or(|c| e.seq < c))
             .collect();
-        entries.sort_unstable_by(|a, b| b.seq.cmp(&a.seq));
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
         let more = entries.len() > limit;
         entries.truncate(limit);
         TaskPage {
@@ -124,7 +124,7 @@ impl TaskTable {
         let live = inner.live.subscribe();
         let now = Utc::now();
         let mut entries: Vec<&Entry> = inner.tasks.values().collect();
-        entries.sort_unstable_by(|a, b| b.seq.cmp(&a.seq));
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
         let tasks = entries
             .into_iter()
             .map(|e| e.view_of(&e.status.at(now)))

@@ -1,0 +1,298 @@
+//! The JSON API under `/api`: tasks (list, detail, log tail, submit,
+//! cancel), rejected requests, worker facts and the playbook picker's lists.
+//!
+//! Submits are checked with the same intake rules as MQTT requests, then
+//! published to the group's task topic; cancels go to the cancel topic. The
+//! worker that owns the task acts, wherever it runs.
+
+use std::path::Path;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use rumqttc::v5::mqttbytes::QoS;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::intake::{Refusal, parse_request, valid_task_id};
+use crate::model::{TaskState, TaskStatus};
+use crate::table::view::{RejectedRequest, TaskPage};
+
+/// Default and largest page size of `GET /api/tasks`.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+/// Files the playbook picker looks at, at most.
+const MAX_LISTED_FILES: usize = 1000;
+
+/// The `/api` routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/worker", get(worker))
+        .route("/api/playbooks", get(playbooks))
+        .route("/api/tasks", get(list_tasks).post(submit))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/tasks/{id}/log", get(task_log))
+        .route("/api/tasks/{id}/cancel", post(cancel))
+        .route("/api/rejected", get(rejected))
+}
+
+async fn worker(State(state): State<AppState>) -> Json<Value> {
+    let (queued, running) = state.table.load();
+    let info = &state.info;
+    Json(json!({
+        "worker_id": info.worker_id,
+        "group": info.group,
+        "version": env!("CARGO_PKG_VERSION"),
+        "broker": info.broker,
+        "connected": state.link.borrow().up,
+        "concurrency": info.concurrency,
+        "queued": queued,
+        "running": running,
+        "playbook_directory": info.playbook_directory.display().to_string(),
+    }))
+}
+
+/// Query of `GET /api/tasks`.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<u64>,
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<TaskPage>, ApiError> {
+    let wanted = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(parse_state(name)?),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    Ok(Json(state.table.list(wanted, limit, query.cursor)))
+}
+
+fn parse_state(name: &str) -> Result<TaskState, ApiError> {
+    serde_json::from_value(Value::String(name.to_owned())).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "state must be one of queued, running, success, failed, cancelled, timeout",
+        )
+    })
+}
+
+async fn task(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<TaskStatus>, ApiError> {
+    state
+        .table
+        .status(&id)
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+async fn task_log(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let lines = state.table.log(&id).ok_or_else(|| not_found(&id))?;
+    Ok(Json(json!({ "task_id": id, "lines": lines })))
+}
+
+fn not_found(id: &str) -> ApiError {
+    let shown: String = id.chars().take(64).collect();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no task {shown:?} on this worker"),
+    )
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(mut request) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Some(fields) = request.as_object_mut() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the request must be a JSON object",
+        ));
+    };
+    if !fields.contains_key("task_id") {
+        fields.insert("task_id".into(), Value::String(generated_id()));
+    }
+    let payload = serde_json::to_vec(&request).expect("a JSON value serializes");
+    let spec = parse_request(&payload, &state.policy).map_err(|refusal| match refusal {
+        Refusal::Unaddressable { reason } | Refusal::Invalid { reason, .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, reason)
+        }
+    })?;
+    publish(&state, state.topics.tasks(), QoS::ExactlyOnce, payload).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "task_id": spec.task_id,
+            "status_topic": state.topics.status(&spec.task_id),
+        })),
+    ))
+}
+
+/// `http-<time>-<random>`: unique enough, and a valid task id.
+fn generated_id() -> String {
+    format!(
+        "http-{}-{:06x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        fastrand::u32(..0x100_0000)
+    )
+}
+
+/// Optional body of a cancel.
+#[derive(Debug, Default, Deserialize)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    body: Option<Json<CancelBody>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !valid_task_id(&id) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid task id"));
+    }
+    let body = body.map(|Json(body)| body).unwrap_or_default();
+    let payload = match body.reason {
+        Some(reason) => json!({ "reason": reason }),
+        None => json!({}),
+    };
+    publish(
+        &state,
+        state.topics.cancel(&id),
+        QoS::AtLeastOnce,
+        payload.to_string().into_bytes(),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "task_id": id }))))
+}
+
+async fn publish(
+    state: &AppState,
+    topic: String,
+    qos: QoS,
+    payload: Vec<u8>,
+) -> Result<(), ApiError> {
+    if !state.link.borrow().up {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the MQTT broker; try again shortly",
+        ));
+    }
+    state
+        .client
+        .publish(topic, qos, false, payload)
+        .await
+        .map_err(|e| {
+            tracing::warn!("cannot forward an HTTP request to the broker: {e}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot reach the MQTT broker",
+            )
+        })
+}
+
+async fn rejected(State(state): State<AppState>) -> Json<Vec<RejectedRequest>> {
+    Json(state.table.rejected())
+}
+
+async fn playbooks(State(state): State<AppState>) -> Json<Value> {
+    let root = state.info.playbook_directory.clone();
+    let (playbooks, inventories) = tokio::task::spawn_blocking(move || list_yaml(&root))
+        .await
+        .unwrap_or_default();
+    Json(json!({ "playbooks": playbooks, "inventories": inventories }))
+}
+
+/// Playbooks (YAML whose first statement is a list item) and inventories
+/// (other YAML, `.ini`, or files named like an inventory) under `root`.
+fn list_yaml(root: &Path) -> (Vec<String>, Vec<String>) {
+    let mut playbooks = Vec::new();
+    let mut inventories = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_LISTED_FILES {
+                break;
+            }
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            let relative = relative.display().to_string();
+            let yaml = name.ends_with(".yml") || name.ends_with(".yaml");
+            if yaml && is_playbook(&path) {
+                playbooks.push(relative);
+            } else if yaml || name.ends_with(".ini") || name.starts_with("hosts") {
+                inventories.push(relative);
+            }
+        }
+    }
+    playbooks.sort();
+    inventories.sort();
+    (playbooks, inventories)
+}
+
+fn is_playbook(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    text.lines()
+        .map(str::trim_start)
+        .find(|line| !line.is_empty() && !line.starts_with('#') && *line != "---")
+        .is_some_and(|line| line.starts_with("- "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_playbooks_and_inventories_are_told_apart() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/playbooks");
+        let (playbooks, inventories) = list_yaml(&root);
+        assert!(playbooks.contains(&"hello.yml".to_owned()), "{playbooks:?}");
+        assert!(!playbooks.contains(&"inventory.yml".to_owned()));
+        assert_eq!(inventories, ["inventory.yml"]);
+    }
+
+    #[test]
+    fn generated_ids_are_valid_task_ids() {
+        assert!(valid_task_id(&generated_id()));
+    }
+
+    #[test]
+    fn state_names_parse() {
+        assert_eq!(parse_state("running").unwrap(), TaskState::Running);
+        assert!(parse_state("bogus").is_err());
+    }
+}
