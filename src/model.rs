@@ -116,6 +116,28 @@ pub struct TaskSpec {
     pub git_pull: bool,
 }
 
+#[cfg(test)]
+impl TaskSpec {
+    /// A spec with the protocol's defaults for every optional field.
+    pub(crate) fn with_defaults(task_id: &str, playbook: PathBuf, inventory: Inventory) -> Self {
+        TaskSpec {
+            task_id: task_id.to_owned(),
+            playbook,
+            inventory,
+            extra_vars: Map::new(),
+            limit: None,
+            tags: vec![],
+            skip_tags: vec![],
+            verbosity: 0,
+            check_mode: false,
+            diff_mode: false,
+            forks: 5,
+            timeout: None,
+            git_pull: false,
+        }
+    }
+}
+
 /// One status document as published on `P/G/tasks/<id>/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {

@@ -516,14 +516,10 @@ fn prepend_list_env(name: &str, value: &str) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
 
     fn spec() -> TaskSpec {
+        let inventory = Inventory::Inline("web1,web2,".into());
         TaskSpec {
-            task_id: "t".into(),
-            playbook: PathBuf::from("/p/site.yml"),
-            inventory: Inventory::Inline("web1,web2,".into()),
-            extra_vars: Map::new(),
             limit: Some("web1".into()),
             tags: vec!["a".into(), "b".into()],
             skip_tags: vec!["c".into()],
@@ -531,8 +527,7 @@ mod tests {
             check_mode: true,
             diff_mode: true,
             forks: 3,
-            timeout: None,
-            git_pull: false,
+            ..TaskSpec::with_defaults("t", PathBuf::from("/p/site.yml"), inventory)
         }
     }
 
@@ -574,15 +569,8 @@ mod tests {
 
     #[test]
     fn minimal_argv_has_no_optional_flags() {
-        let spec = TaskSpec {
-            limit: None,
-            tags: vec![],
-            skip_tags: vec![],
-            verbosity: 0,
-            check_mode: false,
-            diff_mode: false,
-            ..spec()
-        };
+        let inventory = Inventory::Inline("web1,".into());
+        let spec = TaskSpec::with_defaults("t", PathBuf::from("/p/site.yml"), inventory);
         let args = playbook_args(&spec, Path::new("/e.json"));
         assert_eq!(args.len(), 6);
     }

@@ -14,21 +14,8 @@ fn table(max_queue_size: usize, history_limit: usize) -> TaskTable {
 use crate::model::Inventory;
 
 fn spec(id: &str) -> TaskSpec {
-    TaskSpec {
-        task_id: id.into(),
-        playbook: PathBuf::from("/p/site.yml"),
-        inventory: Inventory::Inline("localhost,".into()),
-        extra_vars: Map::new(),
-        limit: None,
-        tags: vec![],
-        skip_tags: vec![],
-        verbosity: 0,
-        check_mode: false,
-        diff_mode: false,
-        forks: 5,
-        timeout: None,
-        git_pull: false,
-    }
+    let inventory = Inventory::Inline("localhost,".into());
+    TaskSpec::with_defaults(id, PathBuf::from("/p/site.yml"), inventory)
 }
 
 fn drain(rx: &mut mpsc::UnboundedReceiver<TaskStatus>) -> Vec<(String, TaskState)> {

@@ -93,21 +93,11 @@ fn minimal_request_gets_every_default() {
     let spec = accept(&f, json!({}));
     assert_eq!(
         spec,
-        TaskSpec {
-            task_id: "t1".into(),
-            playbook: f.dir().join("site.yml"),
-            inventory: Inventory::Inline("localhost,".into()),
-            extra_vars: Map::new(),
-            limit: None,
-            tags: vec![],
-            skip_tags: vec![],
-            verbosity: 0,
-            check_mode: false,
-            diff_mode: false,
-            forks: 5,
-            timeout: None,
-            git_pull: false,
-        }
+        TaskSpec::with_defaults(
+            "t1",
+            f.dir().join("site.yml"),
+            Inventory::Inline("localhost,".into())
+        )
     );
 }
 
