@@ -282,3 +282,72 @@ async fn unaddressable_requests_are_logged_and_the_worker_keeps_running() {
         .collect();
     assert!(ids.iter().all(|id| id == "j-ok"), "{ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_topic_gets_every_status_with_the_correlation_data() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let s = setup("reply", |_| {}).await;
+    let mut options = MqttOptions::new("requester", "127.0.0.1", s._broker.port);
+    options.set_max_packet_size(Some(1 << 20));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    client
+        .subscribe("replies/requester", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let request =
+        json!({"task_id": "rr-1", "playbook": "failing.yml", "inventory": "localhost.yml"});
+    let properties = PublishProperties {
+        response_topic: Some("replies/requester".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-42")),
+        ..PublishProperties::default()
+    };
+    let mut replies: Vec<(Value, Option<bytes::Bytes>, bool)> = Vec::new();
+    let mut sent = false;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !replies.last().is_some_and(|(doc, _, _)| is_final(doc)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replies so far: {replies:?}"
+        );
+        match tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) if !sent => {
+                client
+                    .publish_with_properties(
+                        "ansible/reply/tasks",
+                        QoS::ExactlyOnce,
+                        false,
+                        request.to_string(),
+                        properties.clone(),
+                    )
+                    .await
+                    .unwrap();
+                sent = true;
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let doc: Value = serde_json::from_slice(&p.payload).unwrap();
+                let correlation = p.properties.and_then(|props| props.correlation_data);
+                replies.push((doc, correlation, p.retain));
+            }
+            _ => {}
+        }
+    }
+    let states: Vec<&str> = replies
+        .iter()
+        .map(|(d, _, _)| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"), "{states:?}");
+    assert_eq!(states.last(), Some(&"failed"), "{states:?}");
+    for (doc, correlation, retained) in &replies {
+        assert_eq!(doc["task_id"], "rr-1");
+        assert_eq!(correlation.as_deref(), Some(&b"corr-42"[..]));
+        assert!(!retained, "replies are not retained");
+    }
+    // The retained status topic is served as usual.
+    assert_eq!(
+        s.observer.wait_final("rr-1", DEADLINE).await["state"],
+        "failed"
+    );
+}

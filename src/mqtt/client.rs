@@ -17,6 +17,7 @@ use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::publisher::{ReplyRoute, ReplyRoutes};
 use super::topics::Topics;
 use crate::config::{Config, TlsConfig};
 use crate::intake::{IntakePolicy, Refusal, parse_request};
@@ -146,6 +147,8 @@ pub struct Inbound {
     pub policy: IntakePolicy,
     /// Topic names.
     pub topics: Topics,
+    /// Response Topic routes of MQTT 5 requests.
+    pub replies: ReplyRoutes,
 }
 
 /// Drives the connection until a DISCONNECT was sent (after
@@ -232,7 +235,22 @@ fn receive(inbound: &Inbound, publish: &Publish) {
         tracing::debug!(%topic, "ignoring a message on an unexpected topic");
         return;
     }
-    match parse_request(&publish.payload, &inbound.policy) {
+    let parsed = parse_request(&publish.payload, &inbound.policy);
+    let task_id = match &parsed {
+        Ok(spec) => Some(spec.task_id.as_str()),
+        Err(Refusal::Invalid { task_id, .. }) => Some(task_id.as_str()),
+        Err(Refusal::Unaddressable { .. }) => None,
+    };
+    // Registered before the table sees the task, so even `queued` is sent.
+    if let (Some(task_id), Some(properties)) = (task_id, &publish.properties)
+        && let Some(route) = ReplyRoute::requested(
+            properties.response_topic.as_deref(),
+            properties.correlation_data.as_ref(),
+        )
+    {
+        inbound.replies.register(task_id, route);
+    }
+    match parsed {
         Ok(spec) => {
             let id = spec.task_id.clone();
             let admission = inbound.table.submit(spec);

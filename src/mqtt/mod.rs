@@ -20,6 +20,7 @@ use crate::intake::IntakePolicy;
 use crate::table::TaskTable;
 use client::{ClientError, Inbound, LinkState};
 use presence::Presence;
+use publisher::ReplyRoutes;
 use topics::Topics;
 
 /// The running MQTT tasks of one worker: connection, status publisher and
@@ -57,9 +58,11 @@ impl MqttSide {
         options.set_last_will(presence.last_will());
         let (client, eventloop) = client::client(options);
         let (link_tx, link_rx) = watch::channel(LinkState::default());
+        let replies = ReplyRoutes::default();
         let publisher = tokio::spawn(publisher::publish_statuses(
             client.clone(),
             topics.clone(),
+            replies.clone(),
             table.subscribe(),
             link_rx.clone(),
         ));
@@ -78,6 +81,7 @@ impl MqttSide {
                 allow_ansible_vars: worker.allow_ansible_vars,
             },
             topics: topics.clone(),
+            replies,
         };
         let abort_link = CancellationToken::new();
         let link = tokio::spawn(client::drive(
