@@ -122,7 +122,10 @@ pub fn app(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        // The span names the path only: a query may carry `access_token`.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
+        }))
         .with_state(state)
 }
 
