@@ -362,13 +362,40 @@ keepalive = 5
 }
 
 impl Drop for Worker {
+    /// Stops the worker the way a supervisor would (SIGTERM, so it kills its
+    /// runs), then makes sure no process of its runs outlives the test, even
+    /// when the test SIGKILLed the worker.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.child.is_some() {
+            self.terminate();
+            if self.wait_exit(Duration::from_secs(20)).is_none() {
+                self.kill();
+            }
         }
+        kill_processes_mentioning(&self.dir.path().display().to_string());
         if std::thread::panicking() {
             eprintln!("---- worker log ----\n{}", self.log());
+        }
+    }
+}
+
+/// SIGKILLs every process whose environment mentions `needle` (a worker's
+/// temp dir appears in the environment of each of its runs' processes).
+fn kill_processes_mentioning(needle: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ"))
+            && String::from_utf8_lossy(&environ).contains(needle)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

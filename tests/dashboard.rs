@@ -1,0 +1,463 @@
+//! The dashboard in a real browser: the appliance (example config, embedded
+//! broker, free ports) serves `web/`, and Debian's Chromium, driven over
+//! WebDriver by `chromedriver`, submits tasks through the form, follows them
+//! live over SSE without a reload, opens the detail panel and cancels a run.
+//!
+//! Chromium and ChromeDriver come from `scripts/setup`; without them this test
+//! fails (it never skips). It leaves `target/dashboard-screenshot.png` (and a
+//! phone-width `dashboard-screenshot-phone.png`) behind to look at.
+
+mod common;
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Flags for a headless Chromium on a closed network (the machine notes:
+/// background networking would only produce refused connections).
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1440,1000",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_submits_follows_and_cancels_tasks_live() {
+    for program in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            Path::new(program).exists(),
+            "{program} is missing: run scripts/setup (it installs Debian's chromium and \
+             chromium-driver)"
+        );
+    }
+    let appliance = Appliance::start();
+    let driver = ChromeDriver::start();
+    let browser = driver.connect().await;
+
+    let outcome = drive(&browser, &appliance.url).await;
+    if outcome.is_err() {
+        let _ = save_screenshot(&browser, "dashboard-failure.png").await;
+    }
+    let _ = browser.close().await;
+    if let Err(error) = outcome {
+        panic!(
+            "{error:#}\n(see target/dashboard-failure.png)\n---- chromedriver log ----\n{}",
+            driver.log()
+        );
+    }
+}
+
+/// The whole user story, through the page only.
+async fn drive(browser: &Client, url: &str) -> Result<()> {
+    browser.goto(url).await.context("open the dashboard")?;
+    // Survives only as long as the page is not reloaded.
+    browser
+        .execute("window.dashboardTestMarker = 'no reload';", vec![])
+        .await?;
+    poll("the playbook list and the live stream", async || {
+        let ready = script(
+            browser,
+            "return !!document.querySelector('#playbook option[value=\"hello.yml\"]') \
+             && document.querySelector('#live').dataset.live === 'live' \
+             && document.querySelector('#worker-connected').dataset.connected === 'true';",
+            vec![],
+        )
+        .await;
+        Ok((ready == json!(true)).then_some(()))
+    })
+    .await?;
+
+    // A run to success: the row turns green by itself, the detail shows the
+    // playbook's set_stats output and Ansible's log.
+    let hello = submit(browser, "hello.yml", None).await?;
+    wait_for_state(browser, &hello, "success").await?;
+    row(browser, &hello).await?.click().await?;
+    let output = poll("the output in the detail panel", async || {
+        let text = browser
+            .find(Locator::Id("detail-output"))
+            .await?
+            .text()
+            .await?;
+        Ok(text.contains("Hello from localhost").then_some(text))
+    })
+    .await?;
+    ensure!(output.contains("\"greeting\""), "output: {output}");
+    ensure!(
+        text_of(browser, "detail-id").await? == hello,
+        "detail shows another task"
+    );
+    poll("the log tail of the finished run", async || {
+        let log = text_of(browser, "detail-log").await?;
+        Ok((log.contains("TASK [Say hello]") && log.contains("PLAY RECAP")).then_some(()))
+    })
+    .await?;
+    let counters = cells(browser, &hello).await?;
+    ensure!(
+        counters["tasks_ok"] != "0" && counters["tasks_failed"] == "0",
+        "counters of {hello}: {counters}"
+    );
+
+    // A long run, cancelled from its row while it runs.
+    let slow = submit(browser, "slow.yml", Some(r#"{"seconds": 60}"#)).await?;
+    wait_for_state(browser, &slow, "running").await?;
+    poll("the live log of the running task", async || {
+        let log = text_of(browser, "detail-log").await?;
+        Ok(log.contains("TASK [First third]").then_some(()))
+    })
+    .await?;
+    let cancel = Locator::Css("button[data-action='cancel']");
+    let button = row(browser, &slow).await?.find(cancel).await?;
+    button.click().await.context("arm the cancel button")?;
+    ensure!(
+        button.attr("data-confirm").await?.as_deref() == Some("armed"),
+        "the first click did not ask for confirmation"
+    );
+    button.click().await.context("confirm the cancel")?;
+    wait_for_state(browser, &slow, "cancelled").await?;
+    let hidden = script(
+        browser,
+        "return document.querySelector('#detail-cancel').hidden;",
+        vec![],
+    )
+    .await;
+    ensure!(hidden == json!(true), "the cancel button outlived the run");
+
+    let marker = script(browser, "return window.dashboardTestMarker;", vec![]).await;
+    ensure!(marker == json!("no reload"), "the page reloaded");
+
+    // Screenshots with the successful run's detail open.
+    row(browser, &hello).await?.click().await?;
+    poll("the hello detail again", async || {
+        Ok(text_of(browser, "detail-output")
+            .await?
+            .contains("Hello from localhost")
+            .then_some(()))
+    })
+    .await?;
+    save_screenshot(browser, "dashboard-screenshot.png").await?;
+    browser.set_window_size(390, 1200).await?;
+    let widths = script(
+        browser,
+        "const root = document.documentElement; return [root.clientWidth, root.scrollWidth];",
+        vec![],
+    )
+    .await;
+    ensure!(
+        widths[0] == widths[1],
+        "at phone width the page scrolls sideways (client, scroll width): {widths}"
+    );
+    save_screenshot(browser, "dashboard-screenshot-phone.png").await?;
+    Ok(())
+}
+
+/// Fills the form and submits it; the task id the page reports.
+async fn submit(browser: &Client, playbook: &str, extra_vars: Option<&str>) -> Result<String> {
+    let form = browser.find(Locator::Id("submit-form")).await?;
+    form.find(Locator::Id("playbook"))
+        .await?
+        .select_by_value(playbook)
+        .await
+        .with_context(|| format!("pick {playbook}"))?;
+    form.find(Locator::Id("inventory"))
+        .await?
+        .select_by_value("inventory.yml")
+        .await
+        .context("pick inventory.yml")?;
+    let vars = form.find(Locator::Id("extra-vars")).await?;
+    vars.clear().await?;
+    if let Some(text) = extra_vars {
+        vars.send_keys(text).await?;
+    }
+    // Whatever an earlier submit left there must not count.
+    browser
+        .execute(
+            "delete document.getElementById('submit-message').dataset.taskId;",
+            vec![],
+        )
+        .await?;
+    form.find(Locator::Id("submit-button"))
+        .await?
+        .click()
+        .await?;
+    poll(
+        &format!("the task id of the {playbook} submit"),
+        async || {
+            let message = browser.find(Locator::Id("submit-message")).await?;
+            if message.attr("data-kind").await?.as_deref() == Some("error") {
+                bail!("the page refused the submit: {}", message.text().await?);
+            }
+            Ok(message.attr("data-task-id").await?)
+        },
+    )
+    .await
+}
+
+/// Waits until the row of `task_id` shows `state`; fails early on another
+/// final state.
+async fn wait_for_state(browser: &Client, task_id: &str, state: &str) -> Result<()> {
+    poll(&format!("{task_id} to be {state}"), async || {
+        let shown = script(
+            browser,
+            "const row = document.querySelector(`tr[data-task-id=\"${CSS.escape(arguments[0])}\"]`); \
+             return row ? row.dataset.state : null;",
+            vec![json!(task_id)],
+        )
+        .await;
+        match shown.as_str() {
+            Some(now) if now == state => Ok(Some(())),
+            Some(end @ ("success" | "failed" | "cancelled" | "timeout")) => {
+                let detail = text_of(browser, "detail").await.unwrap_or_default();
+                bail!("{task_id} ended {end}, not {state}; detail panel:\n{detail}")
+            }
+            _ => Ok(None),
+        }
+    })
+    .await
+}
+
+async fn row(browser: &Client, task_id: &str) -> Result<fantoccini::elements::Element> {
+    let selector = format!("tr[data-task-id='{task_id}']");
+    Ok(browser.find(Locator::Css(&selector)).await?)
+}
+
+/// The row's cells by column name, as shown.
+async fn cells(browser: &Client, task_id: &str) -> Result<Value> {
+    Ok(script(
+        browser,
+        "const row = document.querySelector(`tr[data-task-id=\"${CSS.escape(arguments[0])}\"]`); \
+         return Object.fromEntries([...row.querySelectorAll('td[data-col]')] \
+           .map((td) => [td.dataset.col, td.textContent]));",
+        vec![json!(task_id)],
+    )
+    .await)
+}
+
+async fn text_of(browser: &Client, id: &str) -> Result<String> {
+    Ok(browser.find(Locator::Id(id)).await?.text().await?)
+}
+
+/// Runs `code` in the page; `null` when it fails (the page may be mid-update).
+async fn script(browser: &Client, code: &str, args: Vec<Value>) -> Value {
+    browser.execute(code, args).await.unwrap_or(Value::Null)
+}
+
+/// Polls `probe` until it yields a value, fails, or [`DEADLINE`] passes.
+async fn poll<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        if Instant::now() >= end {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn save_screenshot(browser: &Client, name: &str) -> Result<PathBuf> {
+    let png = browser.screenshot().await?;
+    let path = target_dir().join(name);
+    std::fs::write(&path, png).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Cargo's target directory (wherever `CARGO_TARGET_DIR` put it): the
+/// binary under test lives in its `debug/` or `release/`.
+fn target_dir() -> PathBuf {
+    let binary = Path::new(env!("CARGO_BIN_EXE_ansible-worker"));
+    binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in target/<profile>/")
+        .to_path_buf()
+}
+
+/// The binary with the example config on free ports, dashboard on.
+struct Appliance {
+    url: String,
+    worker: Worker,
+}
+
+impl Drop for Appliance {
+    /// SIGTERM first, so a run that a failed test left behind is killed by
+    /// the worker (the helper's own drop only SIGKILLs the worker itself).
+    fn drop(&mut self) {
+        self.worker.terminate();
+        self.worker.wait_exit(Duration::from_secs(30));
+    }
+}
+
+impl Appliance {
+    fn start() -> Self {
+        let http = free_port();
+        let worker = Worker::with_config(|dir| example_config(dir, http));
+        let url = format!("http://127.0.0.1:{http}/");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        for path in ["healthz", "readyz"] {
+            let probe = format!("{url}{path}");
+            assert!(
+                wait_until(DEADLINE, || agent.get(&probe).call().is_ok()),
+                "{probe} never answered 200:\n{}",
+                worker.log()
+            );
+        }
+        Appliance { url, worker }
+    }
+}
+
+/// `config.example.toml` with free ports, absolute paths, the test venv and
+/// the HTTP server on: everything else is the shipped default.
+fn example_config(dir: &Path, http: u16) -> String {
+    let example = std::fs::read_to_string(project_dir().join("config.example.toml")).unwrap();
+    let quoted = |text: String| format!("{text:?}");
+    let settings = [
+        (
+            "worker",
+            "playbook_directory",
+            quoted(
+                project_dir()
+                    .join("examples/playbooks")
+                    .display()
+                    .to_string(),
+            ),
+        ),
+        (
+            "worker",
+            "state_dir",
+            quoted(dir.join("state").display().to_string()),
+        ),
+        (
+            "worker",
+            "ansible_playbook_path",
+            quoted(ansible_playbook().display().to_string()),
+        ),
+        (
+            "broker",
+            "listen",
+            quoted(format!("127.0.0.1:{}", free_port())),
+        ),
+        (
+            "broker",
+            "listen_v4",
+            quoted(format!("127.0.0.1:{}", free_port())),
+        ),
+        ("http", "enabled", "true".to_owned()),
+        ("http", "listen", quoted(format!("127.0.0.1:{http}"))),
+    ];
+    let mut section = String::new();
+    let mut set = Vec::new();
+    let mut lines = Vec::new();
+    for line in example.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        }
+        let key = line.split('=').next().unwrap_or_default().trim();
+        match settings
+            .iter()
+            .find(|(s, k, _)| *s == section && *k == key && line.contains('='))
+        {
+            Some((s, k, value)) if !line.starts_with('#') => {
+                set.push(format!("{s}.{k}"));
+                lines.push(format!("{k} = {value}"));
+            }
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    for (s, k, _) in &settings {
+        assert!(
+            set.contains(&format!("{s}.{k}")),
+            "config.example.toml has no {s}.{k} to set:\n{example}"
+        );
+    }
+    lines.join("\n") + "\n"
+}
+
+/// `chromedriver` on a free port, in a process group of its own so that the
+/// Chromium it starts goes with it.
+struct ChromeDriver {
+    port: u16,
+    dir: TempDir,
+    child: Child,
+}
+
+impl ChromeDriver {
+    fn start() -> Self {
+        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        let log = File::create(dir.path().join("chromedriver.log")).unwrap();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER} (run scripts/setup): {e}"));
+        let driver = ChromeDriver { port, dir, child };
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "chromedriver did not listen on port {port}:\n{}",
+            driver.log()
+        );
+        driver
+    }
+
+    /// A new headless Chromium session with an empty profile.
+    async fn connect(&self) -> Client {
+        let profile = self.dir.path().join("profile");
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        ClientBuilder::rustls()
+            .expect("TLS roots for the WebDriver client")
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .unwrap_or_else(|e| panic!("no Chromium session: {e}\n{}", self.log()))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("chromedriver.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // The group: chromedriver and every Chromium process it started.
+        let group = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
