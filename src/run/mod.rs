@@ -9,6 +9,7 @@
 
 pub mod events;
 pub mod kill;
+mod output;
 
 use std::ffi::OsString;
 use std::io;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
@@ -30,11 +31,10 @@ use tokio_util::sync::CancellationToken;
 use crate::model::{Counters, Inventory, TaskSpec, TaskState};
 use crate::table::RunOutcome;
 use events::RunReport;
+use output::{forward_lines, read_tail};
 
 /// How often, at most, a running task's counters are reported.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
-/// How much of Ansible's stderr is kept for error messages.
-const STDERR_TAIL_BYTES: usize = 4096;
 
 /// Everything a run needs from the worker's configuration.
 #[derive(Debug)]
@@ -428,33 +428,6 @@ fn apply(report: &mut RunReport, line: &str) {
     if let Err(e) = report.apply_line(line) {
         tracing::debug!("ignoring callback line: {e}");
     }
-}
-
-async fn forward_lines(out: impl AsyncRead + Unpin, events: &dyn RunEvents) {
-    let mut lines = BufReader::new(out).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        events.output(&line);
-    }
-}
-
-async fn read_tail(err: impl AsyncRead + Unpin) -> String {
-    let mut reader = BufReader::new(err);
-    let mut tail: Vec<u8> = Vec::new();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                tail.extend_from_slice(&buf);
-                if tail.len() > STDERR_TAIL_BYTES * 2 {
-                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                }
-            }
-        }
-    }
-    let start = tail.len().saturating_sub(STDERR_TAIL_BYTES);
-    String::from_utf8_lossy(&tail[start..]).trim().to_owned()
 }
 
 fn exit_code(status: &ExitStatus) -> Option<i32> {
