@@ -5,7 +5,9 @@
 //! - [`config`]: TOML → checked [`config::Config`].
 //! - [`intake`]: raw request payload → checked [`model::TaskSpec`] or a refusal.
 //! - [`table`]: [`table::TaskTable`], the one owner of task state and its
-//!   change stream.
+//!   change stream; restart recovery.
+//! - [`journal`]: the durable record of every task (SQLite), written before a
+//!   status leaves the process and read back at start.
 //! - [`pool`]: `worker.concurrency` permits; queued tasks → runs.
 //! - [`mod@run`]: [`run::PlaybookRunner`], one `ansible-playbook` process each,
 //!   observed through a callback plugin; timeouts and cancel kill the tree.
@@ -16,13 +18,14 @@
 //!   worker through the broker.
 //!
 //! Data flows one way: MQTT request → intake → table → pool → run → table →
-//! change stream → status publisher.
+//! journal → change stream → status publisher.
 
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod intake;
+pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
@@ -38,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
+use journal::Journal;
 use metrics::Metrics;
 use mqtt::MqttSide;
 use run::{PlaybookRunner, RunSettings};
@@ -58,6 +62,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The task journal could not be opened or read.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     /// The MQTT client could not be configured.
     #[error(transparent)]
     Mqtt(#[from] mqtt::client::ClientError),
@@ -82,10 +89,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     if config.broker.enabled {
         broker::start(&config.broker)?;
     }
-    let runtime_dir = worker
-        .state_dir
-        .join(format!("runtime-{}", worker.worker_id));
-    // Leftovers of a previous process (crash) are of no use to anyone.
+    let state_dir = prepare_state_dir(&worker.state_dir)?;
+    let runtime_dir = state_dir.join(format!("runtime-{}", worker.worker_id));
+    // Runs a crashed predecessor left behind must not race the recovery.
+    let leftovers = run::kill::kill_leftovers(&runtime_dir).await;
+    if leftovers > 0 {
+        tracing::warn!(
+            leftovers,
+            "killed processes left by a previous worker process"
+        );
+    }
     let _ = std::fs::remove_dir_all(&runtime_dir);
     let runner = PlaybookRunner::new(RunSettings {
         ansible_playbook: worker.ansible_playbook_path.clone(),
@@ -101,13 +114,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     })?;
     let runner = Arc::new(runner);
 
+    let (journal, stored) = Journal::open(&state_dir.join(journal::JOURNAL_FILE))?;
     let table = TaskTable::new(TableSettings {
         worker_id: worker.worker_id.clone(),
         max_queue_size: worker.max_queue_size,
         history_limit: worker.history_limit,
         playbook_directory: worker.playbook_directory.clone(),
         metrics: Arc::new(Metrics::default()),
+        journal: Some(journal.clone()),
     });
+    let restored = table.restore(stored, worker.rerun_interrupted);
+    if restored != table::Restored::default() {
+        tracing::info!(
+            queued = restored.queued,
+            ended = restored.ended,
+            finished = restored.finished,
+            "restored tasks from the journal"
+        );
+    }
+    table.journaled().await;
     let mqtt = MqttSide::start(&config, &table)?;
     let http = match config.http.enabled {
         true => Some(start_http(&config, &table, &mqtt, &shutdown).await?),
@@ -144,12 +169,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     }
     table.close_subscribers();
     mqtt.finish(SHUTDOWN_MARGIN).await;
+    journal.close().await;
     if let Some(http) = http {
         let _ = tokio::time::timeout(SHUTDOWN_MARGIN, http).await;
     }
     let _ = std::fs::remove_dir_all(&runtime_dir);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Creates the state directory (private: the journal holds requests) and
+/// returns its absolute path.
+fn prepare_state_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let fail = |source| StartError::StateDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(fail)?;
+    std::fs::canonicalize(dir).map_err(fail)
 }
 
 /// Binds the HTTP listener (failing startup if it cannot) and serves the

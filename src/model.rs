@@ -77,7 +77,8 @@ pub struct Counters {
 }
 
 /// Where `ansible-playbook -i` points.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Inventory {
     /// An inventory file inside the playbook directory (canonical path).
     File(PathBuf),
@@ -86,7 +87,10 @@ pub enum Inventory {
 }
 
 /// A task request that passed every intake rule; nothing downstream re-checks it.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serde is for the journal's own record of a queued request (restart
+/// recovery), not a wire format: requests arrive through `intake`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// 1–128 characters of `A-Z a-z 0-9 . _ -`.
     pub task_id: String,

@@ -212,6 +212,18 @@ impl Checker<'_> {
                 raw.history_limit.unwrap_or(1000),
                 1,
             ),
+            rerun_interrupted: raw.rerun_interrupted.unwrap_or(false),
+            status_expiry: match self.seconds("worker.status_expiry", raw.status_expiry, 0, 0) {
+                expiry if expiry.is_zero() => None,
+                expiry if expiry.as_secs() > u64::from(u32::MAX) => {
+                    self.invalid(
+                        "worker.status_expiry",
+                        "must be at most 4294967295 (MQTT limit)",
+                    );
+                    None
+                }
+                expiry => Some(expiry),
+            },
         }
     }
 
@@ -257,6 +269,13 @@ impl Checker<'_> {
         let keepalive = self.seconds("mqtt.keepalive", raw.keepalive, 60, 5);
         if keepalive.as_secs() > u64::from(u16::MAX) {
             self.invalid("mqtt.keepalive", "must be at most 65535 (MQTT limit)");
+        }
+        let session_expiry = self.seconds("mqtt.session_expiry", raw.session_expiry, 300, 0);
+        if session_expiry.as_secs() > u64::from(u32::MAX) {
+            self.invalid(
+                "mqtt.session_expiry",
+                "must be at most 4294967295 (MQTT limit)",
+            );
         }
         let tls_enabled = raw.tls_enabled.unwrap_or(false);
         let tls_files = [
@@ -310,6 +329,7 @@ impl Checker<'_> {
             username,
             password,
             keepalive,
+            session_expiry,
             tls,
         }
     }

@@ -87,6 +87,12 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     /// Finished tasks kept in the task table and dashboard (at least 1).
     pub history_limit: usize,
+    /// After a restart, queue tasks whose run was interrupted again instead
+    /// of ending them `failed`.
+    pub rerun_interrupted: bool,
+    /// MQTT 5 Message Expiry of final statuses, counted from completion;
+    /// `None` keeps them retained for good.
+    pub status_expiry: Option<Duration>,
 }
 
 /// `[mqtt]`: how the worker reaches its broker.
@@ -102,6 +108,9 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// MQTT keep-alive interval (5 s to 65535 s).
     pub keepalive: Duration,
+    /// How long an external broker keeps the worker's session (subscriptions
+    /// and undelivered requests) after a disconnect.
+    pub session_expiry: Duration,
     /// TLS settings; `None` means a plain TCP connection.
     pub tls: Option<TlsConfig>,
 }

@@ -38,6 +38,8 @@ pub(super) struct RawWorker {
     pub(super) allow_ansible_vars: Option<bool>,
     pub(super) state_dir: Option<String>,
     pub(super) history_limit: Option<usize>,
+    pub(super) rerun_interrupted: Option<bool>,
+    pub(super) status_expiry: Option<u64>,
 }
 
 /// `[mqtt]`.
@@ -49,6 +51,7 @@ pub(super) struct RawMqtt {
     pub(super) username: Option<String>,
     pub(super) password: Option<String>,
     pub(super) keepalive: Option<u64>,
+    pub(super) session_expiry: Option<u64>,
     pub(super) tls_enabled: Option<bool>,
     pub(super) tls_ca_cert: Option<String>,
     pub(super) tls_client_cert: Option<String>,

@@ -4,17 +4,30 @@
 //!
 //! rumqttc neither backs off nor resubscribes (MQTT-NOTES.md): after a failed
 //! poll this loop sleeps (exponential, capped, with jitter) and polls again;
-//! every ConnAck without a session subscribes again. The connection state is
+//! every ConnAck subscribes again (a resumed session may lack the tasks
+//! subscription, which a clean shutdown removes). The connection state is
 //! published on a `watch` channel so the status publisher can catch up after
 //! each reconnect.
+//!
+//! Nothing received is lost to a crash: against an external broker the
+//! session persists (`clean_start = false`, `mqtt.session_expiry`, client id
+//! = `worker_id`), and a request is acknowledged only once the task table's
+//! journal has recorded what became of it ([`acknowledge`], in arrival
+//! order), so the broker redelivers whatever this process had not recorded.
+//! The embedded broker gets `clean_start = true`: rumqttd's router panics on
+//! a persistent session in a shared group (MQTT-NOTES.md), and it does not
+//! outlive this process anyway.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::publisher::{ReplyRoute, ReplyRoutes};
@@ -95,8 +108,16 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
     let mut options = MqttOptions::new(&config.worker.worker_id, host, port);
     options
         .set_keep_alive(config.mqtt.keepalive)
-        .set_clean_start(true)
-        .set_max_packet_size(Some(MAX_PACKET_SIZE));
+        .set_max_packet_size(Some(MAX_PACKET_SIZE))
+        .set_manual_acks(true);
+    if config.broker.enabled {
+        options.set_clean_start(true);
+    } else {
+        let expiry = u32::try_from(config.mqtt.session_expiry.as_secs()).unwrap_or(u32::MAX);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(expiry));
+    }
     if let Some(username) = &config.mqtt.username {
         let password = config
             .mqtt
@@ -149,6 +170,40 @@ pub struct Inbound {
     pub topics: Topics,
     /// Response Topic routes of MQTT 5 requests.
     pub replies: ReplyRoutes,
+    /// Received messages waiting for their acknowledgement.
+    pub acks: mpsc::UnboundedSender<PendingAck>,
+}
+
+/// A received QoS 1/2 message whose acknowledgement waits for `recorded`.
+pub struct PendingAck {
+    publish: Publish,
+    /// The connection it arrived on: after a reconnect the broker redelivers
+    /// it instead.
+    generation: u64,
+    recorded: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// Acknowledges received messages in arrival order, each once what it caused
+/// is recorded (MQTT-NOTES.md: rumqttd stalls a shared group behind a member
+/// that does not ack, and drops a client that acks out of order). Ends when
+/// the event loop is gone.
+pub async fn acknowledge(
+    client: AsyncClient,
+    mut pending: mpsc::UnboundedReceiver<PendingAck>,
+    link: watch::Receiver<LinkState>,
+) {
+    while let Some(ack) = pending.recv().await {
+        if let Some(recorded) = ack.recorded {
+            recorded.await;
+        }
+        let state = *link.borrow();
+        if !state.up || state.generation != ack.generation {
+            continue;
+        }
+        if let Err(e) = client.ack(&ack.publish).await {
+            tracing::warn!("cannot acknowledge a message: {e}");
+        }
+    }
 }
 
 /// Drives the connection until a DISCONNECT was sent (after
@@ -179,21 +234,28 @@ pub async fn drive(
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
-                if !ack.session_present {
-                    subscribe(&client, &filter, QoS::ExactlyOnce);
-                    subscribe(&client, &inbound.topics.cancel_filter(), QoS::AtLeastOnce);
-                }
+                subscribe(&client, &filter, QoS::ExactlyOnce);
+                subscribe(&client, &inbound.topics.cancel_filter(), QoS::AtLeastOnce);
                 link.send_replace(LinkState {
                     up: true,
                     generation,
-                    subscribed: ack.session_present,
+                    subscribed: false,
                 });
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 tracing::info!(reasons = ?ack.return_codes, "subscribed");
                 link.send_if_modified(|state| !std::mem::replace(&mut state.subscribed, true));
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => receive(&inbound, &publish),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let recorded = receive(&inbound, &publish);
+                if publish.qos != QoS::AtMostOnce {
+                    let _ = inbound.acks.send(PendingAck {
+                        publish,
+                        generation,
+                        recorded,
+                    });
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 link.send_replace(LinkState {
                     up: false,
@@ -204,6 +266,9 @@ pub async fn drive(
             }
             Ok(_) => {}
             Err(e) => {
+                if let ConnectionError::MqttState(StateError::Unsolicited(pkid)) = e {
+                    expect_release(&mut eventloop, pkid);
+                }
                 link.send_if_modified(|state| {
                     state.subscribed = false;
                     std::mem::replace(&mut state.up, false)
@@ -219,21 +284,49 @@ pub async fn drive(
     }
 }
 
+/// rumqttc forgets at every disconnect which QoS 2 requests it acknowledged
+/// (PUBREC) that the broker has not released yet. A broker resuming the
+/// session then re-sends the PUBREL, rumqttc calls it unsolicited and drops
+/// the connection, and the next connection fails the same way, forever.
+/// Telling the client state about that packet id again lets the next
+/// connection complete the exchange with a PUBCOMP.
+fn expect_release(eventloop: &mut EventLoop, pkid: u16) {
+    let mut placeholder = Publish::new("", QoS::ExactlyOnce, Bytes::new(), None);
+    placeholder.pkid = pkid;
+    let state = &mut eventloop.state;
+    // With manual acks this only marks the id as awaiting release; the
+    // placeholder it queues as an event is not a real message.
+    if state
+        .handle_incoming_packet(Packet::Publish(placeholder))
+        .is_ok()
+    {
+        state.events.pop_back();
+    }
+    tracing::warn!(
+        pkid,
+        "the broker released a request from before a disconnect"
+    );
+}
+
 fn subscribe(client: &AsyncClient, filter: &str, qos: QoS) {
     if let Err(e) = client.try_subscribe(filter, qos) {
         tracing::error!("cannot subscribe to {filter}: {e}");
     }
 }
 
-fn receive(inbound: &Inbound, publish: &Publish) {
+/// Hands a message on; returns what its acknowledgement must wait for.
+fn receive(
+    inbound: &Inbound,
+    publish: &Publish,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     let topic = String::from_utf8_lossy(&publish.topic);
     if let Some(task_id) = inbound.topics.cancelled_task(&topic) {
         cancel(inbound, task_id, &publish.payload);
-        return;
+        return None;
     }
     if topic != inbound.topics.tasks() {
         tracing::debug!(%topic, "ignoring a message on an unexpected topic");
-        return;
+        return None;
     }
     let parsed = parse_request(&publish.payload, &inbound.policy);
     let task_id = match &parsed {
@@ -263,8 +356,10 @@ fn receive(inbound: &Inbound, publish: &Publish) {
         Err(Refusal::Unaddressable { reason }) => {
             tracing::warn!("task request rejected without a status: {reason}");
             inbound.table.reject_unaddressable(&reason);
+            return None;
         }
     }
+    Some(inbound.table.journaled())
 }
 
 /// Longest cancel reason kept in a status.

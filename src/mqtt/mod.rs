@@ -20,7 +20,7 @@ use crate::intake::IntakePolicy;
 use crate::table::TaskTable;
 use client::{ClientError, Inbound, LinkState};
 use presence::Presence;
-use publisher::ReplyRoutes;
+use publisher::{PublisherSettings, ReplyRoutes};
 use topics::Topics;
 
 /// The running MQTT tasks of one worker: connection, status publisher and
@@ -32,13 +32,15 @@ pub struct MqttSide {
     link: JoinHandle<()>,
     abort_link: CancellationToken,
     publisher: JoinHandle<()>,
+    acknowledger: JoinHandle<()>,
     presence: JoinHandle<()>,
     stop_presence: CancellationToken,
 }
 
 impl MqttSide {
     /// Connects (in the background, retrying) and starts publishing the
-    /// table's changes; accepted requests go into `table`.
+    /// statuses `table` holds and then its changes; accepted requests go into
+    /// `table`.
     pub fn start(config: &Config, table: &TaskTable) -> Result<Self, ClientError> {
         let worker = &config.worker;
         let topics = Topics::new(
@@ -59,11 +61,23 @@ impl MqttSide {
         let (client, eventloop) = client::client(options);
         let (link_tx, link_rx) = watch::channel(LinkState::default());
         let replies = ReplyRoutes::default();
+        let changes = table.subscribe();
         let publisher = tokio::spawn(publisher::publish_statuses(
             client.clone(),
-            topics.clone(),
-            replies.clone(),
-            table.subscribe(),
+            PublisherSettings {
+                topics: topics.clone(),
+                replies: replies.clone(),
+                status_expiry: worker.status_expiry,
+                in_flight_window: config.mqtt.keepalive * 3,
+            },
+            table.statuses(),
+            changes,
+            link_rx.clone(),
+        ));
+        let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
+        let acknowledger = tokio::spawn(client::acknowledge(
+            client.clone(),
+            pending_acks,
             link_rx.clone(),
         ));
         let stop_presence = CancellationToken::new();
@@ -82,6 +96,7 @@ impl MqttSide {
             },
             topics: topics.clone(),
             replies,
+            acks,
         };
         let abort_link = CancellationToken::new();
         let link = tokio::spawn(client::drive(
@@ -98,6 +113,7 @@ impl MqttSide {
             link,
             abort_link,
             publisher,
+            acknowledger,
             presence,
             stop_presence,
         })
@@ -138,5 +154,8 @@ impl MqttSide {
             tracing::warn!("the broker did not take the final statuses in time");
             self.abort_link.cancel();
         }
+        // Ends with the event loop; what it did not ack, the broker redelivers
+        // (and the journal recognises).
+        self.acknowledger.abort();
     }
 }

@@ -2,11 +2,19 @@
 //! status documents.
 //!
 //! Every change is published in order while the client is connected. While it
-//! is not, only the newest status per task is kept; after each (re)connect the
-//! newest status of every task that is active or changed recently is published
-//! again, which also covers a publish that was in flight when the connection
-//! dropped (MQTT-NOTES.md). A status is a full retained snapshot, so a repeat is
-//! harmless. Nothing else publishes status.
+//! is not, only the newest status per task is kept. After each (re)connect the
+//! newest status is published again for every task that is active, changed
+//! while disconnected, or was sent within the in-flight window before the
+//! connection dropped (rumqttc loses the publish in flight at a disconnect,
+//! MQTT-NOTES.md; a dead connection can take 1.5 keep-alive intervals to be
+//! noticed, so the window is three). At start, the statuses the journal
+//! restored are published the same way (the embedded broker forgets retained
+//! messages when the process ends). A status is a full retained snapshot, so
+//! a repeat is harmless. Nothing else publishes status.
+//!
+//! With `worker.status_expiry`, a final status carries MQTT 5 Message Expiry
+//! counted from its completion, so brokers drop old task topics; a final
+//! status whose expiry has passed is not published again.
 //!
 //! MQTT 5 request/response (PROTOCOL.md extension): when a request carried a
 //! Response Topic, every status of that task is also published there (QoS 1,
@@ -29,8 +37,8 @@ use super::topics::Topics;
 use crate::model::TaskStatus;
 use bytes::Bytes;
 
-/// Finished tasks older than this are not re-published after a reconnect.
-const REPUBLISH_WINDOW: Duration = Duration::from_secs(600);
+/// How often statuses that surely reached the broker are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest response topic honoured.
 const MAX_RESPONSE_TOPIC: usize = 1024;
@@ -88,57 +96,117 @@ impl ReplyRoutes {
     }
 }
 
-/// Publishes statuses until the change stream ends (see
+/// What the publisher needs besides its streams.
+#[derive(Clone)]
+pub struct PublisherSettings {
+    /// Topic names.
+    pub topics: Topics,
+    /// Response Topic routes.
+    pub replies: ReplyRoutes,
+    /// Message expiry of final statuses (`worker.status_expiry`).
+    pub status_expiry: Option<Duration>,
+    /// How long after sending a status may still be lost with the connection.
+    pub in_flight_window: Duration,
+}
+
+/// The newest status of one task and when it was last handed to the client
+/// (`None`: still to be published).
+struct Latest {
+    status: TaskStatus,
+    sent: Option<Instant>,
+}
+
+/// Publishes `restored` (the statuses held at start) once connected, then
+/// every change, until the change stream ends (see
 /// [`crate::table::TaskTable::close_subscribers`]).
 pub async fn publish_statuses(
     client: AsyncClient,
-    topics: Topics,
-    replies: ReplyRoutes,
+    settings: PublisherSettings,
+    restored: Vec<TaskStatus>,
     mut changes: mpsc::UnboundedReceiver<TaskStatus>,
     mut link: watch::Receiver<LinkState>,
 ) {
-    let mut latest: HashMap<String, (TaskStatus, Instant)> = HashMap::new();
+    let mut latest: HashMap<String, Latest> = restored
+        .into_iter()
+        .map(|status| (status.task_id.clone(), Latest { status, sent: None }))
+        .collect();
     // The connection already caught up with `latest`; 0 = none yet.
     let mut caught_up = 0;
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
             change = changes.recv() => {
                 let Some(status) = change else { return };
                 let state = *link.borrow();
+                let mut sent = None;
                 if state.up && state.generation == caught_up {
-                    publish(&client, &topics, &replies, &status).await;
+                    publish(&client, &settings, &status).await;
+                    sent = Some(Instant::now());
                 }
-                latest.insert(status.task_id.clone(), (status, Instant::now()));
+                latest.insert(status.task_id.clone(), Latest { status, sent });
             }
             changed = link.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 let state = *link.borrow_and_update();
-                if state.up && state.generation > caught_up {
+                if !state.up {
+                    // What was sent recently may have died with the connection.
+                    for entry in latest.values_mut() {
+                        if entry.sent.is_some_and(|at| at.elapsed() < settings.in_flight_window) {
+                            entry.sent = None;
+                        }
+                    }
+                } else if state.generation > caught_up {
                     caught_up = state.generation;
-                    latest.retain(|_, (status, at)| {
-                        !status.state.is_final() || at.elapsed() < REPUBLISH_WINDOW
-                    });
-                    for (status, _) in latest.values() {
-                        publish(&client, &topics, &replies, status).await;
+                    forget_delivered(&mut latest, settings.in_flight_window);
+                    for entry in latest.values_mut() {
+                        if entry.sent.is_none() || !entry.status.state.is_final() {
+                            publish(&client, &settings, &entry.status).await;
+                            entry.sent = Some(Instant::now());
+                        }
                     }
                 }
             }
+            _ = prune.tick() => forget_delivered(&mut latest, settings.in_flight_window),
         }
     }
 }
 
-async fn publish(
-    client: &AsyncClient,
-    topics: &Topics,
-    replies: &ReplyRoutes,
-    status: &TaskStatus,
-) {
-    let topic = topics.status(&status.task_id);
+/// Drops final statuses sent longer than `window` ago on a connection that
+/// did not drop meanwhile: they reached the broker.
+fn forget_delivered(latest: &mut HashMap<String, Latest>, window: Duration) {
+    latest.retain(|_, entry| {
+        !entry.status.state.is_final() || entry.sent.is_none_or(|at| at.elapsed() < window)
+    });
+}
+
+/// Seconds left before a final status should expire; `None` when it does not
+/// expire, `Some(0)` when it already has.
+fn expiry_left(status: &TaskStatus, expiry: Option<Duration>) -> Option<u32> {
+    let expiry = expiry?;
+    let completed = status.completed_at.filter(|_| status.state.is_final())?;
+    let age = (chrono::Utc::now() - completed)
+        .to_std()
+        .unwrap_or_default();
+    let left = expiry.saturating_sub(age).as_secs();
+    Some(u32::try_from(left).unwrap_or(u32::MAX))
+}
+
+async fn publish(client: &AsyncClient, settings: &PublisherSettings, status: &TaskStatus) {
+    let expiry = expiry_left(status, settings.status_expiry);
+    if expiry == Some(0) {
+        return;
+    }
+    let replies = &settings.replies;
+    let topic = settings.topics.status(&status.task_id);
     let payload = status.to_json();
+    let properties = PublishProperties {
+        message_expiry_interval: expiry,
+        ..PublishProperties::default()
+    };
     if let Err(e) = client
-        .publish(topic, QoS::AtLeastOnce, true, payload.clone())
+        .publish_with_properties(topic, QoS::AtLeastOnce, true, payload.clone(), properties)
         .await
     {
         tracing::warn!(task_id = %status.task_id, "cannot queue status publish: {e}");
@@ -146,6 +214,7 @@ async fn publish(
     if let Some(route) = replies.route(status) {
         let properties = PublishProperties {
             correlation_data: route.correlation,
+            message_expiry_interval: expiry,
             ..PublishProperties::default()
         };
         if let Err(e) = client

@@ -21,17 +21,19 @@ pub const RUN_MARKER_ENV: &str = "ANSIBLE_WORKER_RUN";
 /// Processes (other than zombies) whose environment carries `marker`.
 pub fn marked_processes(marker: &str) -> Vec<Pid> {
     let needle = format!("{RUN_MARKER_ENV}={marker}");
+    processes_with(|var| var == needle.as_bytes())
+}
+
+/// Processes whose environment has a variable for which `matches` holds.
+fn processes_with(matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                environ
-                    .split(|byte| *byte == 0)
-                    .any(|var| var == needle.as_bytes())
-            })
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|byte| *byte == 0).any(&matches))
         })
         .map(Pid::from_raw)
         .collect()
@@ -57,6 +59,26 @@ pub async fn wait_until_gone(marker: &str, deadline: Instant) -> bool {
         }
         if Instant::now() >= deadline {
             return false;
+        }
+        sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// SIGKILLs every process left by runs of an earlier worker process that
+/// used `runtime_dir` (each run's marker is a directory inside it), until none
+/// is left or a few seconds passed; returns how many were found.
+pub async fn kill_leftovers(runtime_dir: &std::path::Path) -> usize {
+    let prefix = format!("{RUN_MARKER_ENV}={}/", runtime_dir.display());
+    let leftovers = || processes_with(|var| var.starts_with(prefix.as_bytes()));
+    let found = leftovers().len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = leftovers();
+        if pids.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        for pid in pids {
+            let _ = kill(pid, Signal::SIGKILL);
         }
         sleep(Duration::from_millis(25)).await;
     }

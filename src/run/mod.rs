@@ -105,10 +105,13 @@ impl PlaybookRunner {
         {
             return outcome;
         }
-        let run_id = format!("{}-{:08x}", spec.task_id, fastrand::u32(..));
-        let run_dir = self.settings.runtime_dir.join(&run_id);
+        let run_dir =
+            (self.settings.runtime_dir).join(format!("{}-{:08x}", spec.task_id, fastrand::u32(..)));
+        // The run's marker is its directory, so a restarted worker can find
+        // what a crashed one left behind (`kill::kill_leftovers`).
+        let marker = run_dir.display().to_string();
         let outcome = self
-            .run_in(&run_dir, &run_id, spec, &cancel, deadline, limit, events)
+            .run_in(&run_dir, &marker, spec, &cancel, deadline, limit, events)
             .await;
         if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
             tracing::warn!(task_id = %spec.task_id, "cannot remove {}: {e}", run_dir.display());

@@ -8,13 +8,22 @@
 //! its event stream). It does not run anything: the pool takes queued tasks
 //! from it and reports back.
 //!
+//! With a [`Journal`] configured, every change is handed to it and the
+//! lossless stream carries what the journal committed (a status leaves the
+//! process only once it is on disk); at start, [`TaskTable::restore`] re-fills
+//! the table from what a previous process journaled (`restore`).
+//!
 //! The state lives behind a `std::sync::Mutex` that is only held for short,
 //! synchronous updates, never across an `.await`.
 
+mod restore;
+pub use restore::{INTERRUPTED, Restored};
 pub mod view;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
@@ -22,6 +31,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::journal::{Journal, Record};
 use crate::metrics::{Metrics, Refusal};
 use crate::model::{Counters, Inventory, TaskSpec, TaskState, TaskStatus};
 use view::{LiveEvent, RejectedRequest, RequestSummary};
@@ -48,6 +58,9 @@ pub struct TableSettings {
     pub playbook_directory: PathBuf,
     /// Where finals, refusals and run durations are counted.
     pub metrics: Arc<Metrics>,
+    /// Where every change is recorded before it is streamed; `None` keeps the
+    /// table in memory only.
+    pub journal: Option<Journal>,
 }
 
 /// What became of a submitted task.
@@ -170,16 +183,43 @@ impl TaskTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A stream of every status change from now on, in order.
+    /// A stream of every status change from now on, in order (once
+    /// journaled, when there is a journal).
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<TaskStatus> {
+        let mut inner = self.lock();
+        if let Some(journal) = &inner.settings.journal {
+            return journal.subscribe();
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().subscribers.push(tx);
+        inner.subscribers.push(tx);
         rx
     }
 
     /// Ends every change stream, so subscribers finish once they drained it.
     pub fn close_subscribers(&self) {
-        self.lock().subscribers.clear();
+        let mut inner = self.lock();
+        match &inner.settings.journal {
+            Some(journal) => journal.close_subscribers(),
+            None => inner.subscribers.clear(),
+        }
+    }
+
+    /// Resolves once every change made so far is durably recorded (at once
+    /// without a journal).
+    pub fn journaled(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        match &self.lock().settings.journal {
+            Some(journal) => Box::pin(journal.flushed()),
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+
+    /// The current status of every held task, oldest first.
+    pub fn statuses(&self) -> Vec<TaskStatus> {
+        let inner = self.lock();
+        let now = Utc::now();
+        let mut entries: Vec<&Entry> = inner.tasks.values().collect();
+        entries.sort_by_key(|entry| entry.seq);
+        entries.iter().map(|entry| entry.status.at(now)).collect()
     }
 
     /// Accepts a checked request: queues it, or ends it at once when the
@@ -408,23 +448,46 @@ impl Inner {
         let Some(entry) = self.tasks.get(task_id) else {
             return false;
         };
-        let status = entry.status.clone();
+        let snapshot = entry.status.at(Utc::now());
         self.settings.metrics.refused(Refusal::Duplicate);
-        self.emit(&status);
+        match &self.settings.journal {
+            Some(journal) => journal.relay(snapshot),
+            None => self.send_to_subscribers(snapshot),
+        }
         true
     }
 
-    /// Sends a change to every subscriber and to live views. The entry must
-    /// already hold `status`.
+    /// Records a change and sends it to every subscriber and to live views.
+    /// The entry must already hold `status`.
     fn emit(&mut self, status: &TaskStatus) {
         let snapshot = status.at(Utc::now());
-        if let Some(entry) = self.tasks.get(&status.task_id) {
-            let _ = self
-                .live
-                .send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
+        let Some(entry) = self.tasks.get(&status.task_id) else {
+            return;
+        };
+        let _ = self
+            .live
+            .send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
+        match &self.settings.journal {
+            Some(journal) => journal.record(Record {
+                seq: entry.seq,
+                spec: match snapshot.state {
+                    TaskState::Queued => entry.spec.clone(),
+                    _ => None,
+                },
+                // Progress updates need not repeat what the row already has.
+                request: match snapshot.state {
+                    TaskState::Running => None,
+                    _ => entry.request.clone(),
+                },
+                status: snapshot,
+            }),
+            None => self.send_to_subscribers(snapshot),
         }
+    }
+
+    fn send_to_subscribers(&mut self, status: TaskStatus) {
         self.subscribers
-            .retain(|subscriber| subscriber.send(snapshot.clone()).is_ok());
+            .retain(|subscriber| subscriber.send(status.clone()).is_ok());
     }
 
     fn take_seq(&mut self) -> u64 {
@@ -486,6 +549,9 @@ impl Inner {
         while self.finished.len() > self.settings.history_limit {
             if let Some(old) = self.finished.pop_front() {
                 self.tasks.remove(&old);
+                if let Some(journal) = &self.settings.journal {
+                    journal.forget(&old);
+                }
             }
         }
     }

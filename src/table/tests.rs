@@ -1,6 +1,7 @@
 //! Unit tests of the task table.
 
 use super::*;
+use crate::journal::Journal;
 
 fn table(max_queue_size: usize, history_limit: usize) -> TaskTable {
     TaskTable::new(TableSettings {
@@ -9,6 +10,7 @@ fn table(max_queue_size: usize, history_limit: usize) -> TaskTable {
         history_limit,
         playbook_directory: PathBuf::from("/p"),
         metrics: Arc::new(Metrics::default()),
+        journal: None,
     })
 }
 use crate::model::Inventory;
@@ -118,4 +120,120 @@ fn history_is_bounded() {
     }
     assert!(table.status("a").is_none());
     assert!(table.status("c").is_some());
+}
+
+/// A table that journals into `dir`, with what the journal held.
+fn journaled_table(
+    dir: &std::path::Path,
+    history_limit: usize,
+) -> (TaskTable, Vec<crate::journal::StoredTask>) {
+    let path = dir.join(crate::journal::JOURNAL_FILE);
+    let (journal, stored) = Journal::open(&path).unwrap();
+    let table = TaskTable::new(TableSettings {
+        journal: Some(journal),
+        ..table(10, history_limit).lock().settings.clone()
+    });
+    (table, stored)
+}
+
+async fn close(table: TaskTable) {
+    let journal = table.lock().settings.journal.clone().unwrap();
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, _) = journaled_table(dir.path(), 10);
+    before.refuse("done", "bad");
+    before.submit(spec("interrupted"));
+    before.submit(spec("waiting-1"));
+    before.submit(spec("waiting-2"));
+    let (taken, _) = before.next_queued().await;
+    before.mark_running(&taken.task_id);
+    close(before).await;
+
+    let (after, stored) = journaled_table(dir.path(), 10);
+    let mut changes = after.subscribe();
+    let restored = after.restore(stored, false);
+    assert_eq!(
+        restored,
+        Restored {
+            queued: 2,
+            ended: 1,
+            finished: 1
+        }
+    );
+    let interrupted = after.status("interrupted").unwrap();
+    assert_eq!(interrupted.state, TaskState::Failed);
+    assert_eq!(interrupted.error_message.as_deref(), Some(INTERRUPTED));
+    assert_eq!(interrupted.return_code, None);
+    assert!(interrupted.started_at.is_some() && interrupted.completed_at.is_some());
+    // Queued tasks run in their old order, with their full request.
+    let (first, _) = after.next_queued().await;
+    assert_eq!(first, spec("waiting-1"));
+    let (second, _) = after.next_queued().await;
+    assert_eq!(second.task_id, "waiting-2");
+    // Every held id is still known: a redelivered request does not run again.
+    assert_eq!(after.submit(spec("done")), Admission::Duplicate);
+    assert_eq!(after.submit(spec("interrupted")), Admission::Duplicate);
+    after.journaled().await;
+    let changed: Vec<_> = drain(&mut changes);
+    assert_eq!(
+        changed,
+        [
+            ("interrupted".to_owned(), TaskState::Failed),
+            ("done".to_owned(), TaskState::Failed),
+            ("interrupted".to_owned(), TaskState::Failed),
+        ]
+    );
+    // New tasks are numbered after the restored ones.
+    after.submit(spec("new"));
+    let statuses = after.statuses();
+    assert_eq!(statuses.last().unwrap().task_id, "new");
+    assert_eq!(statuses.first().unwrap().task_id, "done");
+}
+
+#[tokio::test]
+async fn rerun_interrupted_queues_the_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, _) = journaled_table(dir.path(), 10);
+    before.submit(spec("a"));
+    before.next_queued().await;
+    before.mark_running("a");
+    before.progress(
+        "a",
+        Counters {
+            ok: 2,
+            ..Counters::default()
+        },
+    );
+    close(before).await;
+
+    let (after, stored) = journaled_table(dir.path(), 10);
+    assert_eq!(after.restore(stored, true).queued, 1);
+    let a = after.status("a").unwrap();
+    assert_eq!(
+        (a.state, a.started_at, a.counters),
+        (TaskState::Queued, None, Counters::default())
+    );
+    assert_eq!(after.next_queued().await.0, spec("a"));
+}
+
+#[tokio::test]
+async fn the_restored_history_keeps_its_limit_and_the_journal_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, _) = journaled_table(dir.path(), 5);
+    for n in 0..5 {
+        before.refuse(&format!("t{n}"), "bad");
+    }
+    close(before).await;
+    let (after, stored) = journaled_table(dir.path(), 2);
+    assert_eq!(after.restore(stored, false).finished, 5);
+    assert!(after.status("t2").is_none());
+    assert!(after.status("t4").is_some());
+    close(after).await;
+    let (_, stored) = journaled_table(dir.path(), 2);
+    let ids: Vec<_> = stored.iter().map(|t| t.status.task_id.clone()).collect();
+    assert_eq!(ids, ["t3", "t4"]);
 }

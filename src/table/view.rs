@@ -3,14 +3,14 @@
 //! requests, and a snapshot joined to the live change broadcast.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::{Entry, TaskTable};
 use crate::model::{TaskState, TaskStatus};
 
 /// What was asked for, shown beside a task's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestSummary {
     /// Playbook path relative to the playbook directory.
     pub playbook: String,

@@ -1,0 +1,190 @@
+//! The SQLite side of the journal: opening (WAL, schema), loading what a
+//! previous process left, and applying one batch of writes in a transaction.
+//!
+//! One row per task holds its newest status document, its request summary
+//! and, while the task is queued or running, the checked request itself (so a
+//! queued task can run after a restart). The request, which may carry
+//! secrets in `extra_vars`, is dropped from the row once the task is final;
+//! the file is created `0600`.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+
+use super::{JournalError, Record, StoredTask};
+use crate::model::TaskSpec;
+
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY NOT NULL,
+    seq     INTEGER NOT NULL,
+    state   TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    spec    TEXT,
+    request TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_by_seq ON tasks(seq);
+";
+
+const UPSERT: &str = "
+INSERT INTO tasks (task_id, seq, state, status, spec, request)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (task_id) DO UPDATE SET
+    seq = excluded.seq,
+    state = excluded.state,
+    status = excluded.status,
+    spec = CASE WHEN ?7 THEN NULL ELSE coalesce(excluded.spec, tasks.spec) END,
+    request = coalesce(excluded.request, tasks.request)
+";
+
+/// Opens (creating if needed) the journal file and checks that it is one.
+pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
+    let fail = |reason: String| JournalError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Created here so that it (and SQLite's -wal/-shm files, which copy its
+    // mode) is private: queued requests may carry secrets.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+    let setup = |conn: &Connection| -> rusqlite::Result<i64> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Durable across a crash of this process (the WAL is in the OS's
+        // hands at commit); a power loss may lose the newest commits.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+    };
+    match setup(&conn) {
+        Ok(0) => conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| fail(e.to_string()))?,
+        Ok(SCHEMA_VERSION) => {}
+        Ok(other) => {
+            return Err(fail(format!(
+                "written by a newer version (schema {other}, this one reads {SCHEMA_VERSION})"
+            )));
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    Ok(conn)
+}
+
+/// Every task the journal holds, oldest first.
+pub(super) fn load(conn: &Connection, path: &Path) -> Result<Vec<StoredTask>, JournalError> {
+    let fail = |reason: String| JournalError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut statement = conn
+        .prepare("SELECT task_id, seq, status, spec, request FROM tasks ORDER BY seq")
+        .map_err(|e| fail(e.to_string()))?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(|e| fail(e.to_string()))?;
+    let mut tasks = Vec::new();
+    for row in rows {
+        let (task_id, seq, status, spec, request) = row.map_err(|e| fail(e.to_string()))?;
+        let status = serde_json::from_str(&status)
+            .map_err(|e| fail(format!("task {task_id}: unreadable status: {e}")))?;
+        // A request this version cannot read is reported to the table, which
+        // ends the task instead of refusing to start.
+        let spec = spec.map(|spec| {
+            serde_json::from_str::<TaskSpec>(&spec).map_err(|e| format!("unreadable request: {e}"))
+        });
+        let request = request.and_then(|request| serde_json::from_str(&request).ok());
+        tasks.push(StoredTask {
+            seq: u64::try_from(seq).unwrap_or(0),
+            status,
+            spec,
+            request,
+        });
+    }
+    Ok(tasks)
+}
+
+/// One change to apply.
+pub(super) enum Write<'a> {
+    /// Insert or update a task's row.
+    Upsert(&'a Record),
+    /// Delete a task's row (it left the table's history).
+    Forget(&'a str),
+}
+
+/// Applies `writes` in one transaction.
+pub(super) fn apply<'a>(
+    conn: &mut Connection,
+    writes: impl Iterator<Item = Write<'a>>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut upsert = tx.prepare_cached(UPSERT)?;
+        let mut forget = tx.prepare_cached("DELETE FROM tasks WHERE task_id = ?1")?;
+        for write in writes {
+            match write {
+                Write::Upsert(record) => {
+                    let status =
+                        serde_json::to_string(&record.status).expect("a status always serializes");
+                    let spec = record.spec.as_ref().and_then(|spec| {
+                        serde_json::to_string(spec)
+                            .inspect_err(|e| {
+                                tracing::error!(
+                                    task_id = %spec.task_id,
+                                    "cannot journal the request: {e}"
+                                );
+                            })
+                            .ok()
+                    });
+                    let request = record
+                        .request
+                        .as_ref()
+                        .map(|r| serde_json::to_string(r).expect("a summary always serializes"));
+                    upsert.execute(params![
+                        record.status.task_id,
+                        i64::try_from(record.seq).unwrap_or(i64::MAX),
+                        record.status.state.as_str(),
+                        status,
+                        spec,
+                        request,
+                        record.status.state.is_final(),
+                    ])?;
+                }
+                Write::Forget(task_id) => {
+                    forget.execute(params![task_id])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// The stored state of one task, for tests.
+#[cfg(test)]
+pub(super) fn state_of(conn: &Connection, task_id: &str) -> Option<(String, bool)> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT state, spec IS NOT NULL FROM tasks WHERE task_id = ?1",
+        params![task_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .unwrap()
+}
