@@ -2,6 +2,7 @@
 //! the controller commands of [`ansible_worker::submit`].
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -73,6 +74,8 @@ fn init_tracing(level: &str) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},rumqttc=warn,rumqttd=off")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a terminal, not in files or a supervisor's log.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -201,7 +201,9 @@ impl TaskStatus {
         let mut status = self.clone();
         if let Some(started) = status.started_at {
             let end = status.completed_at.unwrap_or(now);
-            let millis = (end - started).num_milliseconds().max(0);
+            // From the published (millisecond) times, so a status read back
+            // from the journal is the same document.
+            let millis = (end.timestamp_millis() - started.timestamp_millis()).max(0);
             status.duration_seconds = Some(millis as f64 / 1000.0);
         }
         status

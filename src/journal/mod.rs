@@ -76,7 +76,7 @@ pub struct StoredTask {
 enum Op {
     Write(Box<Record>),
     /// Forward only: a status that did not change (a re-published duplicate).
-    Relay(TaskStatus),
+    Relay(Box<TaskStatus>),
     Forget(String),
     Flush(oneshot::Sender<()>),
     Subscribe(mpsc::UnboundedSender<TaskStatus>),
@@ -115,7 +115,7 @@ impl Journal {
 
     /// Forwards a status to the subscribers in order, without writing it.
     pub fn relay(&self, status: TaskStatus) {
-        self.send(Op::Relay(status));
+        self.send(Op::Relay(Box::new(status)));
     }
 
     /// Deletes a task's record (it left the history).
@@ -190,7 +190,7 @@ fn write_loop(conn: &mut rusqlite::Connection, path: &Path, ops: std_mpsc::Recei
         for op in batch {
             match op {
                 Op::Write(record) => forward(&mut subscribers, record.status),
-                Op::Relay(status) => forward(&mut subscribers, status),
+                Op::Relay(status) => forward(&mut subscribers, *status),
                 Op::Forget(_) => {}
                 Op::Flush(done) => {
                     let _ = done.send(());

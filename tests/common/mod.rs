@@ -229,6 +229,7 @@ impl WorkerSetup {
 pub struct Worker {
     pub dir: TempDir,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Worker {
@@ -293,22 +294,35 @@ keepalive = 5
     }
 
     fn launch(dir: TempDir, config: &str, env: &[(String, String)]) -> Self {
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let mut worker = Worker {
+            dir,
+            child: None,
+            env: env.to_vec(),
+        };
+        worker.restart();
+        worker
+    }
+
+    /// Starts the binary (again, after [`Worker::kill`] or an exit) with the
+    /// same config, state and environment; the log continues.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the worker is still running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("worker.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ansible-worker"))
             .arg("-c")
-            .arg(&config_path)
+            .arg(self.config_path())
             .env("RUST_LOG", "debug,rumqttc=info,rumqttd=warn")
-            .envs(env.iter().cloned())
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        Worker {
-            dir,
-            child: Some(child),
-        }
+        self.child = Some(child);
     }
 
     /// Waits until the worker logged `needle`.
