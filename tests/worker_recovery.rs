@@ -318,3 +318,134 @@ fn a_corrupt_or_unusable_state_dir_is_a_clear_startup_error() {
     );
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// A TCP relay between the worker and Mosquitto that, once armed, cuts the
+/// connection right after forwarding the worker's first PUBREC, so the
+/// broker's PUBREL never reaches it: the broker sends it again when the
+/// session resumes.
+struct PubrecCutter {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PubrecCutter {
+    fn start(broker_port: u16) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = std::sync::Arc::new(AtomicBool::new(false));
+        let arm = armed.clone();
+        std::thread::spawn(move || {
+            for worker in listener.incoming().flatten() {
+                let Ok(broker) = TcpStream::connect(("127.0.0.1", broker_port)) else {
+                    continue;
+                };
+                let cut = std::sync::Arc::new(AtomicBool::new(false));
+                let (mut from_broker, mut to_worker) =
+                    (broker.try_clone().unwrap(), worker.try_clone().unwrap());
+                let stop = cut.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut from_broker, &mut buf) {
+                        if stop.load(Ordering::SeqCst)
+                            || std::io::Write::write_all(&mut to_worker, &buf[..n]).is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = to_worker.shutdown(std::net::Shutdown::Both);
+                });
+                let arm = arm.clone();
+                std::thread::spawn(move || relay_packets(worker, broker, &arm, &cut));
+            }
+        });
+        PubrecCutter { port, armed }
+    }
+}
+
+/// Copies whole MQTT packets from `worker` to `broker`; an armed PUBREC is
+/// the last one (the reverse direction stops first, so no PUBREL follows).
+fn relay_packets(
+    mut worker: std::net::TcpStream,
+    mut broker: std::net::TcpStream,
+    armed: &std::sync::atomic::AtomicBool,
+    cut: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    loop {
+        let mut packet = vec![0u8; 1];
+        if worker.read_exact(&mut packet).is_err() {
+            break;
+        }
+        let mut length = 0usize;
+        for shift in (0..4).map(|n| 7 * n) {
+            let mut byte = [0u8; 1];
+            if worker.read_exact(&mut byte).is_err() {
+                return;
+            }
+            packet.push(byte[0]);
+            length |= usize::from(byte[0] & 0x7f) << shift;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let start = packet.len();
+        packet.resize(start + length, 0);
+        if worker.read_exact(&mut packet[start..]).is_err() {
+            break;
+        }
+        let is_pubrec = packet[0] >> 4 == 5;
+        let last = is_pubrec && armed.swap(false, Ordering::SeqCst);
+        if last {
+            cut.store(true, Ordering::SeqCst);
+        }
+        if broker.write_all(&packet).is_err() || last {
+            break;
+        }
+    }
+    let _ = broker.shutdown(std::net::Shutdown::Both);
+    let _ = worker.shutdown(std::net::Shutdown::Both);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_resent_after_a_cut_connection_does_not_wedge_the_worker() {
+    let broker = Mosquitto::start();
+    let cutter = PubrecCutter::start(broker.port);
+    let _worker = WorkerSetup::new("cut", cutter.port).start();
+    let observer = Observer::start(broker.port, "cut").await;
+    let ledger = Ledger::new();
+    let first = unique("cut-first");
+    cutter
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    observer
+        .submit(ledger_request(&first, &ledger.path, 0))
+        .await;
+    assert!(
+        wait_for(DEADLINE, || !cutter
+            .armed
+            .load(std::sync::atomic::Ordering::SeqCst))
+        .await,
+        "the worker never acknowledged the request"
+    );
+    assert_eq!(
+        observer.wait_final(&first, DEADLINE).await["state"],
+        "success"
+    );
+    // The connection is healthy again: the next request arrives and runs.
+    let second = unique("cut-second");
+    observer
+        .submit(ledger_request(&second, &ledger.path, 0))
+        .await;
+    assert_eq!(
+        observer.wait_final(&second, DEADLINE).await["state"],
+        "success"
+    );
+    let counts = ledger_counts(&ledger.path);
+    assert_eq!(
+        (counts.get(&first), counts.get(&second)),
+        (Some(&1), Some(&1))
+    );
+}
