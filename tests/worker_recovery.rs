@@ -449,3 +449,81 @@ async fn a_release_resent_after_a_cut_connection_does_not_wedge_the_worker() {
         (Some(&1), Some(&1))
     );
 }
+
+/// The retained status of `task_id` a new subscriber gets now, with its
+/// Message Expiry Interval. Deterministic: a probe message published after
+/// subscribing comes back after every retained message.
+async fn retained_status(port: u16, group: &str, task_id: &str) -> Option<(Value, Option<u32>)> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut options = MqttOptions::new(unique("retained"), "127.0.0.1", port);
+    options.set_max_packet_size(Some(4 * 1024 * 1024));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let status_topic = format!("ansible/{group}/tasks/{task_id}/status");
+    let probe_topic = unique("probe");
+    client
+        .subscribe(&status_topic, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe(&probe_topic, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut found = None;
+    let mut subacks = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, eventloop.poll())
+            .await
+            .expect("the probe came back")
+            .unwrap();
+        match event {
+            Event::Incoming(Packet::SubAck(_)) => {
+                subacks += 1;
+                if subacks == 2 {
+                    client
+                        .publish(&probe_topic, QoS::AtLeastOnce, false, "probe")
+                        .await
+                        .unwrap();
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == probe_topic.as_bytes() => break,
+            Event::Incoming(Packet::Publish(p)) => {
+                let expiry = p.properties.and_then(|props| props.message_expiry_interval);
+                found = Some((serde_json::from_slice(&p.payload).unwrap(), expiry));
+            }
+            _ => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_statuses_expire_after_status_expiry() {
+    let broker = Mosquitto::start();
+    let mut setup = WorkerSetup::new("expiry", broker.port);
+    setup.extra_worker = "status_expiry = 2".into();
+    let _worker = setup.start();
+    let observer = Observer::start(broker.port, "expiry").await;
+    let ledger = Ledger::new();
+    let id = unique("expiry");
+    observer.submit(ledger_request(&id, &ledger.path, 0)).await;
+    observer.wait_final(&id, DEADLINE).await;
+    let (doc, expiry) = retained_status(broker.port, "expiry", &id)
+        .await
+        .expect("the final status is retained at first");
+    assert_eq!(doc["state"], "success");
+    assert!(matches!(expiry, Some(1..=2)), "{expiry:?}");
+    // Then the broker forgets it.
+    let mut gone = false;
+    for _ in 0..100 {
+        if retained_status(broker.port, "expiry", &id).await.is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "the final status was still retained after its expiry");
+}

@@ -242,6 +242,21 @@ mod tests {
     }
 
     #[test]
+    fn only_final_statuses_expire_counted_from_completion() {
+        use crate::model::TaskState;
+        let expiry = Some(Duration::from_secs(60));
+        let running = TaskStatus::new("t", "w", TaskState::Running);
+        assert_eq!(expiry_left(&running, expiry), None);
+        let mut done = TaskStatus::new("t", "w", TaskState::Success);
+        assert_eq!(expiry_left(&done, None), None);
+        assert!(matches!(expiry_left(&done, expiry), Some(59..=60)));
+        done.completed_at = Some(chrono::Utc::now() - chrono::Duration::seconds(45));
+        assert!(matches!(expiry_left(&done, expiry), Some(14..=15)));
+        done.completed_at = Some(chrono::Utc::now() - chrono::Duration::seconds(61));
+        assert_eq!(expiry_left(&done, expiry), Some(0));
+    }
+
+    #[test]
     fn a_route_ends_with_the_final_status() {
         let routes = ReplyRoutes::default();
         let route = ReplyRoute::requested(Some("r"), None).unwrap();
