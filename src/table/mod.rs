@@ -11,27 +11,29 @@
 //! With a [`Journal`] configured, every change is handed to it and the
 //! lossless stream carries what the journal committed (a status leaves the
 //! process only once it is on disk); at start, [`TaskTable::restore`] re-fills
-//! the table from what a previous process journaled (`restore`).
+//! the table from what a previous process journaled (`restore`). How changes
+//! leave the table is `stream`; the answers of its operations, `outcomes`.
 //!
 //! The state lives behind a `std::sync::Mutex` that is only held for short,
 //! synchronous updates, never across an `.await`.
 
+mod outcomes;
 mod restore;
-pub use restore::{INTERRUPTED, Restored};
+mod stream;
 pub mod view;
 
+pub use outcomes::{Admission, Cancel, RunOutcome};
+pub use restore::{INTERRUPTED, Restored};
+
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
-use serde_json::{Map, Value};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{Journal, Record};
+use crate::journal::Journal;
 use crate::metrics::{Metrics, Refusal};
 use crate::model::{Counters, Inventory, TaskSpec, TaskState, TaskStatus};
 use view::{LiveEvent, RejectedRequest, RequestSummary};
@@ -61,65 +63,6 @@ pub struct TableSettings {
     /// Where every change is recorded before it is streamed; `None` keeps the
     /// table in memory only.
     pub journal: Option<Journal>,
-}
-
-/// What became of a submitted task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Accepted and queued.
-    Queued,
-    /// The id is already held; its current status was re-published.
-    Duplicate,
-    /// The queue was full; the task ended `failed`.
-    QueueFull,
-    /// The worker is shutting down; the task ended `cancelled`.
-    ShuttingDown,
-    /// The request broke an intake rule; the task ended `failed`.
-    Refused,
-}
-
-/// What a cancel request did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancel {
-    /// The task was queued and is now `cancelled`.
-    Dequeued,
-    /// The task is running; its run is being killed.
-    Stopping,
-    /// The task had already finished.
-    AlreadyFinished,
-    /// This worker does not hold the task.
-    Unknown,
-}
-
-/// How a run ended, as reported by the pool.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunOutcome {
-    /// `Success`, `Failed`, `Cancelled` or `Timeout`.
-    pub state: TaskState,
-    /// Exit code of `ansible-playbook`, if it ran (negative: killed by signal).
-    pub return_code: Option<i32>,
-    /// Final counters.
-    pub counters: Counters,
-    /// Why it did not succeed.
-    pub error_message: Option<String>,
-    /// Global `set_stats` data.
-    pub output: Map<String, Value>,
-    /// Per-host `set_stats` data.
-    pub output_per_host: Map<String, Value>,
-}
-
-impl RunOutcome {
-    /// An outcome for a run that never started `ansible-playbook`.
-    pub fn refused(state: TaskState, error_message: String) -> Self {
-        RunOutcome {
-            state,
-            return_code: None,
-            counters: Counters::default(),
-            error_message: Some(error_message),
-            output: Map::new(),
-            output_per_host: Map::new(),
-        }
-    }
 }
 
 /// Shared handle to the task table; clones refer to the same table.
@@ -181,36 +124,6 @@ impl TaskTable {
         // A panic while holding the lock leaves consistent data (every update
         // is a plain field write), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A stream of every status change from now on, in order (once
-    /// journaled, when there is a journal).
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<TaskStatus> {
-        let mut inner = self.lock();
-        if let Some(journal) = &inner.settings.journal {
-            return journal.subscribe();
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        inner.subscribers.push(tx);
-        rx
-    }
-
-    /// Ends every change stream, so subscribers finish once they drained it.
-    pub fn close_subscribers(&self) {
-        let mut inner = self.lock();
-        match &inner.settings.journal {
-            Some(journal) => journal.close_subscribers(),
-            None => inner.subscribers.clear(),
-        }
-    }
-
-    /// Resolves once every change made so far is durably recorded (at once
-    /// without a journal).
-    pub fn journaled(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        match &self.lock().settings.journal {
-            Some(journal) => Box::pin(journal.flushed()),
-            None => Box::pin(std::future::ready(())),
-        }
     }
 
     /// The current status of every held task, oldest first.
@@ -443,53 +356,6 @@ impl TaskTable {
 }
 
 impl Inner {
-    /// Sends a held task's current status again; false if it is not held.
-    fn republish(&mut self, task_id: &str) -> bool {
-        let Some(entry) = self.tasks.get(task_id) else {
-            return false;
-        };
-        let snapshot = entry.status.at(Utc::now());
-        self.settings.metrics.refused(Refusal::Duplicate);
-        match &self.settings.journal {
-            Some(journal) => journal.relay(snapshot),
-            None => self.send_to_subscribers(snapshot),
-        }
-        true
-    }
-
-    /// Records a change and sends it to every subscriber and to live views.
-    /// The entry must already hold `status`.
-    fn emit(&mut self, status: &TaskStatus) {
-        let snapshot = status.at(Utc::now());
-        let Some(entry) = self.tasks.get(&status.task_id) else {
-            return;
-        };
-        let _ = self
-            .live
-            .send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
-        match &self.settings.journal {
-            Some(journal) => journal.record(Record {
-                seq: entry.seq,
-                spec: match snapshot.state {
-                    TaskState::Queued => entry.spec.clone(),
-                    _ => None,
-                },
-                // Progress updates need not repeat what the row already has.
-                request: match snapshot.state {
-                    TaskState::Running => None,
-                    _ => entry.request.clone(),
-                },
-                status: snapshot,
-            }),
-            None => self.send_to_subscribers(snapshot),
-        }
-    }
-
-    fn send_to_subscribers(&mut self, status: TaskStatus) {
-        self.subscribers
-            .retain(|subscriber| subscriber.send(status.clone()).is_ok());
-    }
-
     fn take_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
