@@ -1,0 +1,199 @@
+//! One round of one scenario: a fresh worker (given broker, given
+//! concurrency) against a stub `ansible-playbook`, timed from start to ready,
+//! then loaded with a burst of tasks (and, at concurrency 1, a sequence).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tokio::runtime::Runtime;
+
+use crate::load::{BatchFigures, Controller};
+use crate::procs::{BrokerChoice, Worker, WorkerConfig};
+use crate::report::{Spread, Table, cell, percentile};
+
+/// Which broker a scenario goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerKind {
+    /// An external Mosquitto started by the bench.
+    Mosquitto,
+    /// The worker's embedded rumqttd.
+    Embedded,
+}
+
+impl fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerKind::Mosquitto => "mosquitto",
+            BrokerKind::Embedded => "embedded",
+        })
+    }
+}
+
+/// A broker and a worker concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    /// The broker.
+    pub broker: BrokerKind,
+    /// `worker.concurrency`.
+    pub concurrency: usize,
+}
+
+/// What every round shares.
+pub struct Bench<'a> {
+    /// The tokio runtime the MQTT client runs on.
+    pub runtime: &'a Runtime,
+    /// The `ansible-worker` binary.
+    pub binary: &'a Path,
+    /// Directory for the rounds' own directories.
+    pub scratch: &'a Path,
+    /// Directory with `noop.yml` and `inventory.yml`.
+    pub playbook_dir: &'a Path,
+    /// The stub `ansible-playbook`.
+    pub stub: &'a Path,
+    /// Mosquitto's port, if it runs.
+    pub mosquitto_port: Option<u16>,
+    /// Tasks per burst.
+    pub tasks: usize,
+    /// Tasks of the sequential run (concurrency 1 only); 0 for none.
+    pub sequential_tasks: usize,
+}
+
+/// The figures of one round of one scenario.
+#[derive(Debug, Clone)]
+pub struct RoundFigures {
+    /// Process start → `/readyz` 200, in milliseconds.
+    pub ready_ms: f64,
+    /// VmRSS right after ready, in MiB.
+    pub idle_rss_mib: f64,
+    /// VmHWM after all tasks, in MiB.
+    pub peak_rss_mib: f64,
+    /// All tasks published at once.
+    pub burst: BatchFigures,
+    /// One task at a time (concurrency 1 only).
+    pub sequential: Option<BatchFigures>,
+}
+
+impl Bench<'_> {
+    /// Runs `scenario` once with a fresh worker.
+    pub fn round(&self, round: usize, scenario: Scenario) -> Result<RoundFigures> {
+        let group = format!(
+            "bench-{round}-{}-c{}-{:06x}",
+            scenario.broker,
+            scenario.concurrency,
+            fastrand::u32(..0x100_0000)
+        );
+        let dir = self.scratch.join(&group);
+        std::fs::create_dir_all(&dir)?;
+        let broker = match scenario.broker {
+            BrokerKind::Mosquitto => {
+                BrokerChoice::External(self.mosquitto_port.context("mosquitto is not running")?)
+            }
+            BrokerKind::Embedded => BrokerChoice::Embedded,
+        };
+        let config = WorkerConfig {
+            group: &group,
+            playbook_dir: self.playbook_dir,
+            ansible_playbook: self.stub,
+            concurrency: scenario.concurrency,
+            capacity: (self.tasks + self.sequential_tasks).max(100),
+            broker,
+        };
+        let mut worker = Worker::spawn(self.binary, &dir, &config)?;
+        let ready = worker.wait_ready()?;
+        let idle_rss_mib = worker.rss_mib()?;
+        let sequential_tasks = if scenario.concurrency == 1 {
+            self.sequential_tasks
+        } else {
+            0
+        };
+        let (burst, sequential) = self
+            .runtime
+            .block_on(async {
+                let mut controller = Controller::connect(worker.mqtt_port, &group).await?;
+                let burst = controller.burst(&requests(&group, "b", self.tasks)).await?;
+                let sequential = match sequential_tasks {
+                    0 => None,
+                    n => Some(controller.sequential(&requests(&group, "s", n)).await?),
+                };
+                anyhow::Ok((burst, sequential))
+            })
+            .with_context(|| format!("{group}; worker log:\n{}", worker.log_tail()))?;
+        let peak_rss_mib = worker.peak_rss_mib()?;
+        drop(worker);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(RoundFigures {
+            ready_ms: ready.as_secs_f64() * 1e3,
+            idle_rss_mib,
+            peak_rss_mib,
+            burst,
+            sequential,
+        })
+    }
+}
+
+/// `count` requests for the stub playbook with ids unique to this run.
+fn requests(group: &str, kind: &str, count: usize) -> Vec<serde_json::Value> {
+    (0..count)
+        .map(|i| {
+            json!({
+                "task_id": format!("{group}-{kind}{i}"),
+                "playbook": "noop.yml",
+                "inventory": "inventory.yml",
+            })
+        })
+        .collect()
+}
+
+/// Writes the stub `ansible-playbook` (exits 0 at once) and a playbook
+/// directory with an empty `noop.yml` and `inventory.yml`; returns the stub's
+/// path and the directory.
+pub fn write_stub_fixture(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let stub = root.join("bin/ansible-playbook");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::write(&stub, "#!/bin/sh\nexit 0\n")?;
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
+    let playbooks = root.join("playbooks");
+    std::fs::create_dir_all(&playbooks)?;
+    std::fs::write(playbooks.join("noop.yml"), "")?;
+    std::fs::write(playbooks.join("inventory.yml"), "")?;
+    Ok((stub, playbooks))
+}
+
+/// The results table: one row per scenario, each cell the median over the
+/// rounds with min and max.
+pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
+    let mut table = Table::new(&[
+        "broker",
+        "concurrency",
+        "tasks/s",
+        "burst p50 ms",
+        "burst p99 ms",
+        "seq p50 ms",
+        "seq p99 ms",
+        "statuses/task",
+        "start→ready ms",
+        "idle RSS MiB",
+        "peak RSS MiB",
+    ]);
+    for (scenario, rounds) in results {
+        let of = |f: &dyn Fn(&RoundFigures) -> Option<f64>| Spread::of(rounds.iter().filter_map(f));
+        let seq = |p: f64| of(&|r| Some(percentile(&r.sequential.as_ref()?.latencies_ms, p)));
+        table.row([
+            scenario.broker.to_string(),
+            scenario.concurrency.to_string(),
+            cell(of(&|r| Some(r.burst.tasks_per_sec)), 0),
+            cell(of(&|r| Some(percentile(&r.burst.latencies_ms, 50.0))), 1),
+            cell(of(&|r| Some(percentile(&r.burst.latencies_ms, 99.0))), 1),
+            cell(seq(50.0), 2),
+            cell(seq(99.0), 2),
+            cell(of(&|r| Some(r.burst.statuses_per_task)), 1),
+            cell(of(&|r| Some(r.ready_ms)), 0),
+            cell(of(&|r| Some(r.idle_rss_mib)), 1),
+            cell(of(&|r| Some(r.peak_rss_mib)), 1),
+        ]);
+    }
+    table.render().to_owned()
+}
