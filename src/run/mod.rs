@@ -9,6 +9,7 @@
 
 pub mod events;
 pub mod kill;
+mod fifo;
 mod output;
 
 use std::ffi::OsString;
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::model::{Counters, Inventory, TaskSpec, TaskState};
 use crate::table::RunOutcome;
 use events::RunReport;
+use fifo::CallbackFifo;
 use output::{forward_lines, read_tail};
 
 /// How often, at most, a running task's counters are reported.
@@ -393,7 +394,7 @@ async fn follow(
     cancel: &CancellationToken,
     deadline: Instant,
 ) -> Ending {
-    let mut lines = BufReader::new(callback_fifo).lines();
+    let mut fifo = CallbackFifo::new(callback_fifo);
     let mut last_sent = Counters::default();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     let ending = loop {
@@ -403,9 +404,9 @@ async fn follow(
                 // Waiting failed: treat it like a cancel so the tree is killed.
                 Err(_) => Ending::Cancelled(None),
             },
-            line = lines.next_line() => {
-                if let Ok(Some(line)) = line {
-                    apply(report, &line);
+            read = fifo.read_lines(|line| apply(report, line)) => {
+                if let Err(e) = read {
+                    tracing::warn!("cannot read the callback events: {e}");
                 }
             }
             _ = tick.tick() => {
@@ -419,11 +420,9 @@ async fn follow(
             _ = cancel.cancelled() => break Ending::Cancelled(None),
         }
     };
-    // Everything the main process wrote is in the FIFO by now (or it is being
-    // killed); read until the pipe stays quiet briefly.
-    while let Ok(Ok(Some(line))) = timeout(Duration::from_millis(50), lines.next_line()).await {
-        apply(report, &line);
-    }
+    // Everything the main process wrote is in the FIFO by now (or it is
+    // being killed, and what it did not write is lost anyway).
+    fifo.drain(|line| apply(report, line));
     ending
 }
 
