@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rumqttc::NetworkOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -73,6 +74,11 @@ impl Controller {
         );
         options.set_max_packet_size(Some(4 * 1024 * 1024));
         options.set_keep_alive(Duration::from_secs(30));
+        // Nagle would hold our small QoS 2 handshake packets for a delayed
+        // ACK (~40 ms) and charge that to the worker.
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let status_filter = format!("ansible/{group}/tasks/+/status");
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
