@@ -26,12 +26,13 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
-use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::publisher::{ReplyRoute, ReplyRoutes};
 use super::topics::Topics;
+use super::window::PublishWindow;
 use crate::config::{Config, TlsConfig};
 use crate::intake::{IntakePolicy, Refusal, parse_request};
 use crate::table::{Cancel, TaskTable};
@@ -58,6 +59,9 @@ pub struct LinkState {
 /// Errors building the client from the config.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The connection's thread could not be started.
+    #[error("cannot start the MQTT connection thread: {0}")]
+    Thread(std::io::Error),
     /// A TLS file could not be read.
     #[error("cannot read {path}: {source}")]
     TlsFile {
@@ -102,14 +106,12 @@ impl Backoff {
     }
 }
 
-/// MQTT options for the worker's connection.
-pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
-    let (host, port) = config.mqtt.effective_host(&config.broker);
-    let mut options = MqttOptions::new(&config.worker.worker_id, host, port);
-    options
-        .set_keep_alive(config.mqtt.keepalive)
-        .set_max_packet_size(Some(MAX_PACKET_SIZE))
-        .set_manual_acks(true);
+/// MQTT options of the worker's own connection: [`mqtt_options`] plus manual
+/// acks and its session (persistent against an external broker, clean with
+/// the embedded one).
+pub fn worker_options(config: &Config) -> Result<MqttOptions, ClientError> {
+    let mut options = mqtt_options(config)?;
+    options.set_manual_acks(true);
     if config.broker.enabled {
         options.set_clean_start(true);
     } else {
@@ -118,6 +120,22 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
             .set_clean_start(false)
             .set_session_expiry_interval(Some(expiry));
     }
+    Ok(options)
+}
+
+/// MQTT options for a connection to the configured broker (address, login,
+/// TLS, limits) under the client id `worker_id`.
+pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
+    let (host, port) = config.mqtt.effective_host(&config.broker);
+    let mut options = MqttOptions::new(&config.worker.worker_id, host, port);
+    // Statuses and acks are small packets that should leave at once, not
+    // wait for Nagle's algorithm to batch them with the next ones.
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options
+        .set_keep_alive(config.mqtt.keepalive)
+        .set_max_packet_size(Some(MAX_PACKET_SIZE))
+        .set_network_options(network);
     if let Some(username) = &config.mqtt.username {
         let password = config
             .mqtt
@@ -172,6 +190,8 @@ pub struct Inbound {
     pub replies: ReplyRoutes,
     /// Received messages waiting for their acknowledgement.
     pub acks: mpsc::UnboundedSender<PendingAck>,
+    /// Room for the status publisher's publishes.
+    pub window: PublishWindow,
 }
 
 /// A received QoS 1/2 message whose acknowledgement waits for `recorded`.
@@ -226,6 +246,7 @@ pub async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
+                inbound.window.reset();
                 generation += 1;
                 if generation > 1 {
                     inbound.table.metrics().reconnected();
@@ -242,6 +263,7 @@ pub async fn drive(
                     subscribed: false,
                 });
             }
+            Ok(Event::Incoming(Packet::PubAck(_))) => inbound.window.acknowledged(),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 tracing::info!(reasons = ?ack.return_codes, "subscribed");
                 link.send_if_modified(|state| !std::mem::replace(&mut state.subscribed, true));

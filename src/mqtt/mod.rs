@@ -7,11 +7,12 @@ pub mod client;
 pub mod presence;
 pub mod publisher;
 pub mod topics;
+pub mod window;
 
 use std::time::Duration;
 
 use rumqttc::v5::AsyncClient;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,7 @@ use client::{ClientError, Inbound, LinkState};
 use presence::Presence;
 use publisher::{PublisherSettings, ReplyRoutes};
 use topics::Topics;
+use window::PublishWindow;
 
 /// The running MQTT tasks of one worker: connection, status publisher and
 /// presence.
@@ -29,10 +31,10 @@ pub struct MqttSide {
     client: AsyncClient,
     topics: Topics,
     link_state: watch::Receiver<LinkState>,
-    link: JoinHandle<()>,
+    /// Resolves when the connection's thread ended.
+    link: oneshot::Receiver<()>,
     abort_link: CancellationToken,
     publisher: JoinHandle<()>,
-    acknowledger: JoinHandle<()>,
     presence: JoinHandle<()>,
     stop_presence: CancellationToken,
 }
@@ -56,11 +58,12 @@ impl MqttSide {
             concurrency: worker.concurrency,
             started_at: chrono::Utc::now(),
         };
-        let mut options = client::mqtt_options(config)?;
+        let mut options = client::worker_options(config)?;
         options.set_last_will(presence.last_will());
         let (client, eventloop) = client::client(options);
         let (link_tx, link_rx) = watch::channel(LinkState::default());
         let replies = ReplyRoutes::default();
+        let window = PublishWindow::default();
         let changes = table.subscribe();
         let publisher = tokio::spawn(publisher::publish_statuses(
             client.clone(),
@@ -69,17 +72,14 @@ impl MqttSide {
                 replies: replies.clone(),
                 status_expiry: worker.status_expiry,
                 in_flight_window: config.mqtt.keepalive * 3,
+                window: window.clone(),
             },
             table.statuses(),
             changes,
             link_rx.clone(),
         ));
         let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
-        let acknowledger = tokio::spawn(client::acknowledge(
-            client.clone(),
-            pending_acks,
-            link_rx.clone(),
-        ));
+        let acknowledger = client::acknowledge(client.clone(), pending_acks, link_rx.clone());
         let stop_presence = CancellationToken::new();
         let presence = tokio::spawn(presence::publish_presence(
             client.clone(),
@@ -97,15 +97,21 @@ impl MqttSide {
             topics: topics.clone(),
             replies,
             acks,
+            window,
         };
         let abort_link = CancellationToken::new();
-        let link = tokio::spawn(client::drive(
+        let drive = client::drive(
             eventloop,
             client.clone(),
             inbound,
             link_tx,
             abort_link.clone(),
-        ));
+        );
+        // The acknowledger ends once `drive` dropped the pending acks' sender.
+        let link = spawn_dedicated("mqtt-intake", async move {
+            tokio::join!(drive, acknowledger);
+        })
+        .map_err(ClientError::Thread)?;
         Ok(MqttSide {
             client,
             topics,
@@ -113,7 +119,6 @@ impl MqttSide {
             link,
             abort_link,
             publisher,
-            acknowledger,
             presence,
             stop_presence,
         })
@@ -154,8 +159,26 @@ impl MqttSide {
             tracing::warn!("the broker did not take the final statuses in time");
             self.abort_link.cancel();
         }
-        // Ends with the event loop; what it did not ack, the broker redelivers
-        // (and the journal recognises).
-        self.acknowledger.abort();
     }
+}
+
+/// Runs `task` on a thread of its own with a single-threaded runtime, so that
+/// receiving and acknowledging requests never waits behind runs on the main
+/// runtime's workers (a slow acknowledgement makes the broker hold back, and
+/// Mosquitto drop, requests of a burst). Resolves when `task` ended.
+fn spawn_dedicated(
+    name: &str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, ended) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            runtime.block_on(task);
+            let _ = done.send(());
+        })?;
+    Ok(ended)
 }

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use super::client::LinkState;
 use super::topics::Topics;
+use super::window::PublishWindow;
 use crate::model::TaskStatus;
 use bytes::Bytes;
 
@@ -107,6 +108,8 @@ pub struct PublisherSettings {
     pub status_expiry: Option<Duration>,
     /// How long after sending a status may still be lost with the connection.
     pub in_flight_window: Duration,
+    /// Room for publishes the broker has not acknowledged.
+    pub window: PublishWindow,
 }
 
 /// The newest status of one task and when it was last handed to the client
@@ -201,6 +204,7 @@ async fn publish(client: &AsyncClient, settings: &PublisherSettings, status: &Ta
     let replies = &settings.replies;
     let topic = settings.topics.status(&status.task_id);
     let payload = status.to_json();
+    settings.window.enter().await;
     let properties = PublishProperties {
         message_expiry_interval: expiry,
         ..PublishProperties::default()
@@ -212,6 +216,7 @@ async fn publish(client: &AsyncClient, settings: &PublisherSettings, status: &Ta
         tracing::warn!(task_id = %status.task_id, "cannot queue status publish: {e}");
     }
     if let Some(route) = replies.route(status) {
+        settings.window.enter().await;
         let properties = PublishProperties {
             correlation_data: route.correlation,
             message_expiry_interval: expiry,
