@@ -24,6 +24,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +35,8 @@ use crate::table::view::RequestSummary;
 pub const JOURNAL_FILE: &str = "journal.sqlite";
 /// Most changes written in one transaction.
 const MAX_BATCH: usize = 4096;
+/// How often the WAL is copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The journal could not be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -95,15 +98,28 @@ impl Journal {
     pub fn open(path: &Path) -> Result<(Journal, Vec<StoredTask>), JournalError> {
         let mut conn = store::open(path)?;
         let stored = store::load(&conn, path)?;
+        let checkpoints = rusqlite::Connection::open(path).map_err(|e| JournalError {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let (ops, rx) = std_mpsc::channel();
+        let (writer_alive, writer_gone) = std_mpsc::channel::<()>();
         let file = path.to_path_buf();
-        thread::Builder::new()
+        let spawned = thread::Builder::new()
             .name("journal".into())
-            .spawn(move || write_loop(&mut conn, &file, rx))
-            .map_err(|e| JournalError {
-                path: path.to_path_buf(),
-                reason: format!("cannot start the journal thread: {e}"),
-            })?;
+            .spawn(move || {
+                write_loop(&mut conn, &file, rx);
+                drop(writer_alive);
+            })
+            .and_then(|_| {
+                thread::Builder::new()
+                    .name("journal-checkpoint".into())
+                    .spawn(move || checkpoint_loop(&checkpoints, &writer_gone))
+            });
+        spawned.map_err(|e| JournalError {
+            path: path.to_path_buf(),
+            reason: format!("cannot start the journal threads: {e}"),
+        })?;
         Ok((Journal { ops }, stored))
     }
 
@@ -203,6 +219,16 @@ fn write_loop(conn: &mut rusqlite::Connection, path: &Path, ops: std_mpsc::Recei
         if let Some(done) = close {
             let _ = done.send(());
             return;
+        }
+    }
+}
+
+/// Checkpoints every [`CHECKPOINT_EVERY`] until the writer thread ended.
+fn checkpoint_loop(conn: &rusqlite::Connection, writer_gone: &std_mpsc::Receiver<()>) {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = store::checkpoint(conn) {
+            tracing::warn!("cannot checkpoint the task journal: {e}");
         }
     }
 }

@@ -62,6 +62,12 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         // Durable across a crash of this process (the WAL is in the OS's
         // hands at commit); a power loss may lose the newest commits.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints (copying the WAL into the file, with fsyncs) would
+        // stall a commit, and the acknowledgements waiting on it, for tens
+        // of milliseconds: `checkpoint` runs them from another connection.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Once checkpointed, a grown WAL file is cut back to this size.
+        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
         conn.execute_batch(SCHEMA)?;
         conn.query_row("PRAGMA user_version", [], |row| row.get(0))
     };
@@ -78,6 +84,12 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         Err(e) => return Err(fail(e.to_string())),
     }
     Ok(conn)
+}
+
+/// Copies the WAL into the database file without blocking the writer
+/// (a passive checkpoint, on a connection of its own).
+pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// Every task the journal holds, oldest first.

@@ -7,6 +7,10 @@
 //! and every match is signalled too. This works unprivileged and inside
 //! containers. A process that empties its own environment escapes the sweep but
 //! not the group signal.
+//!
+//! A `/proc` scan reads every process's environment: the async functions run
+//! it on the blocking pool, so a busy machine's scans never stall the
+//! runtime's workers (which also carry the MQTT intake).
 
 use std::fs;
 use std::time::Duration;
@@ -39,13 +43,21 @@ fn processes_with(matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
         .collect()
 }
 
+/// [`marked_processes`] on the blocking pool.
+async fn marked(marker: &str) -> Vec<Pid> {
+    let marker = marker.to_owned();
+    tokio::task::spawn_blocking(move || marked_processes(&marker))
+        .await
+        .unwrap_or_default()
+}
+
 /// Sends `signal` to the process group `leader` leads and to every marked
 /// process. Processes that are already gone are not an error.
-pub fn signal_run(leader: Option<Pid>, marker: &str, signal: Signal) {
+pub async fn signal_run(leader: Option<Pid>, marker: &str, signal: Signal) {
     if let Some(leader) = leader {
         let _ = killpg(leader, signal);
     }
-    for pid in marked_processes(marker) {
+    for pid in marked(marker).await {
         let _ = kill(pid, signal);
     }
 }
@@ -54,7 +66,7 @@ pub fn signal_run(leader: Option<Pid>, marker: &str, signal: Signal) {
 /// is left.
 pub async fn wait_until_gone(marker: &str, deadline: Instant) -> bool {
     loop {
-        if marked_processes(marker).is_empty() {
+        if marked(marker).await.is_empty() {
             return true;
         }
         if Instant::now() >= deadline {
@@ -69,11 +81,16 @@ pub async fn wait_until_gone(marker: &str, deadline: Instant) -> bool {
 /// is left or a few seconds passed; returns how many were found.
 pub async fn kill_leftovers(runtime_dir: &std::path::Path) -> usize {
     let prefix = format!("{RUN_MARKER_ENV}={}/", runtime_dir.display());
-    let leftovers = || processes_with(|var| var.starts_with(prefix.as_bytes()));
-    let found = leftovers().len();
+    let leftovers = || {
+        let prefix = prefix.clone();
+        tokio::task::spawn_blocking(move || {
+            processes_with(|var| var.starts_with(prefix.as_bytes()))
+        })
+    };
+    let found = leftovers().await.unwrap_or_default().len();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let pids = leftovers();
+        let pids = leftovers().await.unwrap_or_default();
         if pids.is_empty() || Instant::now() >= deadline {
             return found;
         }
@@ -85,15 +102,22 @@ pub async fn kill_leftovers(runtime_dir: &std::path::Path) -> usize {
 }
 
 /// SIGKILLs every marked process until none is left (a process may fork while
-/// it is being killed), giving up after a few seconds.
+/// it is being killed), giving up after a few seconds. When nothing is left,
+/// which is the rule after a normal exit, this costs one `/proc` scan.
 pub async fn kill_all(leader: Option<Pid>, marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        signal_run(leader, marker, Signal::SIGKILL);
-        let pass = Instant::now() + Duration::from_millis(200);
-        if wait_until_gone(marker, pass.min(deadline)).await || Instant::now() >= deadline {
+        if let Some(leader) = leader {
+            let _ = killpg(leader, Signal::SIGKILL);
+        }
+        let pids = marked(marker).await;
+        if pids.is_empty() || Instant::now() >= deadline {
             return;
         }
+        for pid in pids {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -118,7 +142,7 @@ mod tests {
             sleep(Duration::from_millis(20)).await;
         }
         assert!(marked_processes(&marker).len() >= 2);
-        signal_run(None, &marker, Signal::SIGTERM);
+        signal_run(None, &marker, Signal::SIGTERM).await;
         assert!(!wait_until_gone(&marker, Instant::now() + Duration::from_millis(300)).await);
         kill_all(None, &marker).await;
         let _ = child.wait();

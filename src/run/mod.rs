@@ -8,8 +8,8 @@
 //! [`RunOutcome`]. It does not touch the task table: the pool does that.
 
 pub mod events;
-pub mod kill;
 mod fifo;
+pub mod kill;
 mod output;
 
 use std::ffi::OsString;
@@ -131,17 +131,24 @@ impl PlaybookRunner {
         limit: Duration,
         events: Arc<dyn RunEvents>,
     ) -> RunOutcome {
-        let prepared = match prepare_run_dir(run_dir, spec) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                return RunOutcome::refused(
-                    TaskState::Failed,
-                    format!("Cannot prepare the run directory: {e}"),
-                );
-            }
+        let files = RunFiles::in_dir(run_dir);
+        let mut command = self.command(spec, run_id, &files);
+        // Creating files and forking are blocking system calls: they run on
+        // the blocking pool so the runtime's workers stay free for intake.
+        let extra_vars = spec.extra_vars.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            let fifo = files
+                .create(&extra_vars)
+                .map_err(|e| format!("Cannot prepare the run directory: {e}"))?;
+            Ok((fifo, command.spawn()))
+        })
+        .await;
+        let (events_fifo, spawned) = match started {
+            Ok(Ok(started)) => started,
+            Ok(Err(message)) => return RunOutcome::refused(TaskState::Failed, message),
+            Err(e) => return RunOutcome::refused(TaskState::Failed, e.to_string()),
         };
-        let mut command = self.command(spec, run_id, &prepared);
-        let mut child = match command.spawn() {
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 return RunOutcome::refused(
@@ -166,7 +173,7 @@ impl PlaybookRunner {
         let mut report = RunReport::default();
         let ending = follow(
             &mut child,
-            prepared.events,
+            events_fifo,
             &mut report,
             events.as_ref(),
             cancel,
@@ -198,7 +205,7 @@ impl PlaybookRunner {
         outcome(ending, &report, &stderr_tail, limit)
     }
 
-    fn command(&self, spec: &TaskSpec, run_id: &str, prepared: &PreparedRun) -> Command {
+    fn command(&self, spec: &TaskSpec, run_id: &str, prepared: &RunFiles) -> Command {
         let settings = &self.settings;
         let mut command = Command::new(&settings.ansible_playbook);
         command
@@ -239,7 +246,7 @@ impl PlaybookRunner {
         run_id: &str,
     ) -> Option<ExitStatus> {
         let grace_end = Instant::now() + self.settings.kill_grace;
-        kill::signal_run(leader, run_id, Signal::SIGTERM);
+        kill::signal_run(leader, run_id, Signal::SIGTERM).await;
         let status = timeout(self.settings.kill_grace, child.wait())
             .await
             .ok()
@@ -317,37 +324,46 @@ pub fn resolve_program(program: &Path) -> Option<PathBuf> {
 }
 
 /// Files of one run, inside its private directory.
-struct PreparedRun {
+struct RunFiles {
+    dir: PathBuf,
     extra_vars: PathBuf,
     events_path: PathBuf,
-    events: pipe::Receiver,
     temp_dir: PathBuf,
 }
 
-fn prepare_run_dir(run_dir: &Path, spec: &TaskSpec) -> io::Result<PreparedRun> {
-    std::fs::DirBuilder::new().mode(0o700).create(run_dir)?;
-    let extra_vars = run_dir.join("extra_vars.json");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&extra_vars)?;
-    serde_json::to_writer(file, &spec.extra_vars)?;
-    let temp_dir = run_dir.join("tmp");
-    std::fs::DirBuilder::new().mode(0o700).create(&temp_dir)?;
-    let events_path = run_dir.join("events");
-    nix::unistd::mkfifo(&events_path, nix::sys::stat::Mode::S_IRWXU)?;
-    // Opened read-write so the FIFO never reports EOF: the run ends when the
-    // process exits, not when the last writer closes (ANSIBLE-NOTES.md).
-    let events = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(&events_path)?;
-    Ok(PreparedRun {
-        extra_vars,
-        events_path,
-        events,
-        temp_dir,
-    })
+impl RunFiles {
+    fn in_dir(dir: &Path) -> Self {
+        RunFiles {
+            dir: dir.to_path_buf(),
+            extra_vars: dir.join("extra_vars.json"),
+            events_path: dir.join("events"),
+            temp_dir: dir.join("tmp"),
+        }
+    }
+
+    /// Creates the directory, the private extra vars file, Ansible's temp
+    /// dir and the callback FIFO, which it opens.
+    fn create(
+        &self,
+        extra_vars: &serde_json::Map<String, serde_json::Value>,
+    ) -> io::Result<pipe::Receiver> {
+        std::fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.extra_vars)?;
+        serde_json::to_writer(file, extra_vars)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.temp_dir)?;
+        nix::unistd::mkfifo(&self.events_path, nix::sys::stat::Mode::S_IRWXU)?;
+        // Opened read-write so the FIFO never reports EOF: the run ends when the
+        // process exits, not when the last writer closes (ANSIBLE-NOTES.md).
+        pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&self.events_path)
+    }
 }
 
 /// The argument vector after the program name.
