@@ -126,6 +126,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "persistence false\nmax_packet_size 2000000\nlog_dest stderr\n\
+                 set_tcp_nodelay true\nmax_queued_messages 100000\n\
                  listener {port} 127.0.0.1\nallow_anonymous true\n"
             ),
         )?;
