@@ -65,21 +65,20 @@ impl Ledger {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_with_a_persistent_session_loses_nothing_and_runs_nothing_twice() {
-    let broker = Mosquitto::start();
-    let mut setup = WorkerSetup::new("crash", broker.port);
-    setup.concurrency = 1;
-    setup.kill_grace = 1;
-    let mut worker = setup.start();
-    let observer = Observer::start(broker.port, "crash").await;
-    let ledger = Ledger::new();
-    let running = unique("crash-run");
+/// Submits a long ledger task and waits until it runs (its ledger line is
+/// written), then `n` quick ones that wait queued behind it (concurrency 1).
+async fn one_running_and_queued(
+    observer: &Observer,
+    ledger: &Ledger,
+    prefix: &str,
+    n: usize,
+) -> (String, Vec<String>) {
+    let running = unique(prefix);
     observer
         .submit(ledger_request(&running, &ledger.path, 120))
         .await;
     observer.wait_state(&running, "running", DEADLINE).await;
-    let queued: Vec<String> = (0..10).map(|n| format!("{running}-q{n}")).collect();
+    let queued: Vec<String> = (0..n).map(|n| format!("{running}-q{n}")).collect();
     for id in &queued {
         observer.submit(ledger_request(id, &ledger.path, 0)).await;
     }
@@ -91,6 +90,19 @@ async fn sigkill_with_a_persistent_session_loses_nothing_and_runs_nothing_twice(
             .contains_key(&running))
         .await
     );
+    (running, queued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_a_persistent_session_loses_nothing_and_runs_nothing_twice() {
+    let broker = Mosquitto::start();
+    let mut setup = WorkerSetup::new("crash", broker.port);
+    setup.concurrency = 1;
+    setup.kill_grace = 1;
+    let mut worker = setup.start();
+    let observer = Observer::start(broker.port, "crash").await;
+    let ledger = Ledger::new();
+    let (running, queued) = one_running_and_queued(&observer, &ledger, "crash-run", 10).await;
     let orphans = processes_with(&running);
     assert!(!orphans.is_empty(), "the run's shell should be running");
 
@@ -163,23 +175,7 @@ listen = "127.0.0.1:{port}"
         .submit(ledger_request(&before, &ledger.path, 0))
         .await;
     observer.wait_final(&before, DEADLINE).await;
-    let running = unique("emb-run");
-    observer
-        .submit(ledger_request(&running, &ledger.path, 120))
-        .await;
-    observer.wait_state(&running, "running", DEADLINE).await;
-    let queued: Vec<String> = (0..5).map(|n| format!("{running}-q{n}")).collect();
-    for id in &queued {
-        observer.submit(ledger_request(id, &ledger.path, 0)).await;
-    }
-    for id in &queued {
-        observer.wait_state(id, "queued", DEADLINE).await;
-    }
-    assert!(
-        wait_for(DEADLINE, || ledger_counts(&ledger.path)
-            .contains_key(&running))
-        .await
-    );
+    let (running, queued) = one_running_and_queued(&observer, &ledger, "emb-run", 5).await;
 
     worker.kill();
     worker.restart();
