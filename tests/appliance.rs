@@ -4,62 +4,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
 
-/// Ports of one appliance.
-struct Ports {
-    v5: u16,
-    v4: u16,
-    http: u16,
-}
-
-impl Ports {
-    fn free() -> Self {
-        Ports {
-            v5: free_port(),
-            v4: free_port(),
-            http: free_port(),
-        }
-    }
-}
-
-/// `config.example.toml` with free ports, absolute paths and the test venv:
-/// everything else is the shipped default.
-fn example_config(dir: &Path, ports: &Ports, extra: &str) -> String {
-    let example = std::fs::read_to_string(project_dir().join("config.example.toml")).unwrap();
-    let playbooks = project_dir().join("examples/playbooks");
-    let replaced = example
-        .replace("127.0.0.1:1883", &format!("127.0.0.1:{}", ports.v5))
-        .replace("127.0.0.1:1882", &format!("127.0.0.1:{}", ports.v4))
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", ports.http))
-        .replace(
-            "playbook_directory = \"examples/playbooks\"",
-            &format!("playbook_directory = \"{}\"", playbooks.display()),
-        )
-        .replace(
-            "state_dir = \"var\"",
-            &format!("state_dir = \"{}\"", dir.join("state").display()),
-        )
-        .replace(
-            "ansible_playbook_path = \"ansible-playbook\"",
-            &format!(
-                "ansible_playbook_path = \"{}\"",
-                ansible_playbook().display()
-            ),
-        );
-    assert_ne!(example, replaced);
-    assert!(replaced.contains(&ansible_playbook().display().to_string()));
-    format!("{replaced}\n{extra}")
-}
-
-fn start_appliance(extra: &str) -> (Worker, Ports) {
+/// The binary with the example config on free ports, once it subscribed.
+fn start_appliance() -> (Worker, Ports) {
     let ports = Ports::free();
-    let worker = Worker::with_config(|dir| example_config(dir, &ports, extra));
+    let worker = Worker::with_config(|dir| example_config(dir, &ports));
     worker.wait_log("subscribed", Duration::from_secs(20));
     (worker, ports)
 }
@@ -156,7 +110,7 @@ fn assert_queued_running_success(docs: &[Value]) {
 
 #[test]
 fn example_config_serves_mqtt5_and_mqtt311_clients() {
-    let (_appliance, ports) = start_appliance("");
+    let (_appliance, ports) = start_appliance();
     for (version, port, id) in [
         ("mqttv5", ports.v5, "hello-v5"),
         ("mqttv311", ports.v4, "hello-v311"),
@@ -181,7 +135,7 @@ fn example_config_serves_mqtt5_and_mqtt311_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payload_is_accepted_and_an_oversized_one_disturbs_nobody() {
-    let (_appliance, ports) = start_appliance("");
+    let (_appliance, ports) = start_appliance();
     let observer = Observer::start(ports.v5, "lab").await;
     // 200 KiB of extra vars: well past rumqttc's 10 KiB default packet limit.
     let blob = "x".repeat(200 * 1024);
@@ -235,17 +189,19 @@ async fn large_payload_is_accepted_and_an_oversized_one_disturbs_nobody() {
 async fn broker_users_refuse_a_wrong_password_and_the_worker_logs_in() {
     let ports = Ports::free();
     let appliance = Worker::with_config_and_env(&[("MQTT_PASSWORD", "lab-secret")], |dir| {
-        example_config(dir, &ports, "")
-            .replace("# username = \"worker\"", "username = \"worker\"")
-            .replace(
-                "# password = \"${MQTT_PASSWORD}\"",
-                "password = \"${MQTT_PASSWORD}\"",
-            )
-            .replace("# [broker.users]", "[broker.users]")
-            .replace(
-                "# worker = \"${MQTT_PASSWORD}\"",
-                "worker = \"${MQTT_PASSWORD}\"",
-            )
+        let config = example_config(dir, &ports);
+        let config = replace_present(&config, "# username = \"worker\"", "username = \"worker\"");
+        let config = replace_present(
+            &config,
+            "# password = \"${MQTT_PASSWORD}\"",
+            "password = \"${MQTT_PASSWORD}\"",
+        );
+        let config = replace_present(&config, "# [broker.users]", "[broker.users]");
+        replace_present(
+            &config,
+            "# worker = \"${MQTT_PASSWORD}\"",
+            "worker = \"${MQTT_PASSWORD}\"",
+        )
     });
     appliance.wait_log("subscribed", Duration::from_secs(20));
     assert!(appliance.log().contains("connected to the broker"));
@@ -299,7 +255,7 @@ async fn broker_users_refuse_a_wrong_password_and_the_worker_logs_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_ends_a_queued_task_and_kills_a_running_one() {
-    let (_appliance, ports) = start_appliance("");
+    let (_appliance, ports) = start_appliance();
     let observer = Observer::start(ports.v5, "lab").await;
     // Unique sleep lengths find the runs' processes in /proc.
     let seconds: Vec<u32> = (0..2).map(|_| fastrand::u32(30_000..90_000)).collect();
@@ -354,7 +310,7 @@ async fn cancel_ends_a_queued_task_and_kills_a_running_one() {
 
 #[test]
 fn a_second_appliance_on_the_same_port_fails_fast() {
-    let (first, ports) = start_appliance("");
+    let (first, ports) = start_appliance();
     let config = std::fs::read_to_string(first.config_path()).unwrap();
     let mut second = Worker::with_config(|dir| {
         let first_state = first.dir.path().join("state").display().to_string();
@@ -371,7 +327,7 @@ fn a_second_appliance_on_the_same_port_fails_fast() {
 
 #[test]
 fn submit_wait_exits_0_on_success_and_1_on_failure() {
-    let (appliance, _ports) = start_appliance("");
+    let (appliance, _ports) = start_appliance();
     let submit = |playbook: &str| {
         Command::new(env!("CARGO_BIN_EXE_ansible-worker"))
             .arg("-c")
@@ -408,7 +364,7 @@ async fn a_panicking_broker_thread_ends_the_process() {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-    let (mut appliance, ports) = start_appliance("");
+    let (mut appliance, ports) = start_appliance();
     let mut options = MqttOptions::new("lonely-member", "127.0.0.1", ports.v5);
     options.set_clean_start(false).set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, 10);

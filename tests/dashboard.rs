@@ -51,11 +51,11 @@ async fn dashboard_submits_follows_and_cancels_tasks_live() {
              chromium-driver)"
         );
     }
-    let appliance = Appliance::start();
+    let (_appliance, url) = start_appliance();
     let driver = ChromeDriver::start();
     let browser = driver.connect().await;
 
-    let outcome = drive(&browser, &appliance.url).await;
+    let outcome = drive(&browser, &url).await;
     if outcome.is_err() {
         let _ = save_screenshot(&browser, "dashboard-failure.png").await;
     }
@@ -294,107 +294,22 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The binary with the example config on free ports, dashboard on.
-struct Appliance {
-    url: String,
-    worker: Worker,
-}
-
-impl Drop for Appliance {
-    /// SIGTERM first, so a run that a failed test left behind is killed by
-    /// the worker (the helper's own drop only SIGKILLs the worker itself).
-    fn drop(&mut self) {
-        self.worker.terminate();
-        self.worker.wait_exit(Duration::from_secs(30));
-    }
-}
-
-impl Appliance {
-    fn start() -> Self {
-        let http = free_port();
-        let worker = Worker::with_config(|dir| example_config(dir, http));
-        let url = format!("http://127.0.0.1:{http}/");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        for path in ["healthz", "readyz"] {
-            let probe = format!("{url}{path}");
-            assert!(
-                wait_until(DEADLINE, || agent.get(&probe).call().is_ok()),
-                "{probe} never answered 200:\n{}",
-                worker.log()
-            );
-        }
-        Appliance { url, worker }
-    }
-}
-
-/// `config.example.toml` with free ports, absolute paths, the test venv and
-/// the HTTP server on: everything else is the shipped default.
-fn example_config(dir: &Path, http: u16) -> String {
-    let example = std::fs::read_to_string(project_dir().join("config.example.toml")).unwrap();
-    let quoted = |text: String| format!("{text:?}");
-    let settings = [
-        (
-            "worker",
-            "playbook_directory",
-            quoted(
-                project_dir()
-                    .join("examples/playbooks")
-                    .display()
-                    .to_string(),
-            ),
-        ),
-        (
-            "worker",
-            "state_dir",
-            quoted(dir.join("state").display().to_string()),
-        ),
-        (
-            "worker",
-            "ansible_playbook_path",
-            quoted(ansible_playbook().display().to_string()),
-        ),
-        (
-            "broker",
-            "listen",
-            quoted(format!("127.0.0.1:{}", free_port())),
-        ),
-        (
-            "broker",
-            "listen_v4",
-            quoted(format!("127.0.0.1:{}", free_port())),
-        ),
-        ("http", "enabled", "true".to_owned()),
-        ("http", "listen", quoted(format!("127.0.0.1:{http}"))),
-    ];
-    let mut section = String::new();
-    let mut set = Vec::new();
-    let mut lines = Vec::new();
-    for line in example.lines() {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.to_owned();
-        }
-        let key = line.split('=').next().unwrap_or_default().trim();
-        match settings
-            .iter()
-            .find(|(s, k, _)| *s == section && *k == key && line.contains('='))
-        {
-            Some((s, k, value)) if !line.starts_with('#') => {
-                set.push(format!("{s}.{k}"));
-                lines.push(format!("{k} = {value}"));
-            }
-            _ => lines.push(line.to_owned()),
-        }
-    }
-    for (s, k, _) in &settings {
+/// The appliance on the example config (dashboard on), once it is ready; the
+/// dashboard's URL.
+fn start_appliance() -> (Appliance, String) {
+    let appliance = Appliance::start(&[], example_config);
+    let url = appliance.http.url("/");
+    for path in ["/healthz", "/readyz"] {
         assert!(
-            set.contains(&format!("{s}.{k}")),
-            "config.example.toml has no {s}.{k} to set:\n{example}"
+            wait_until(DEADLINE, || appliance
+                .http
+                .try_get(path, None)
+                .is_some_and(|reply| reply.status == 200)),
+            "{path} never answered 200:\n{}",
+            appliance.worker.log()
         );
     }
-    lines.join("\n") + "\n"
+    (appliance, url)
 }
 
 /// `chromedriver` on a free port, in a process group of its own so that the
