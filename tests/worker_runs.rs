@@ -157,14 +157,21 @@ async fn timeout_kills_a_task_that_traps_sigterm() {
         "processes of the timed-out run remain: {:?}",
         processes_with(&token)
     );
+    // The run's directory is removed right after its final status.
     let runtime = s.worker.dir.path().join("state/runtime-timeout-w1");
-    let leftovers: Vec<_> = std::fs::read_dir(&runtime)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|name| name != "plugins")
-        .collect();
-    assert!(leftovers.is_empty(), "run dirs left behind: {leftovers:?}");
+    let run_dirs = || -> Vec<_> {
+        std::fs::read_dir(&runtime)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|name| name != "plugins")
+            .collect()
+    };
+    assert!(
+        wait_for(DEADLINE, || run_dirs().is_empty()).await,
+        "run dirs left behind: {:?}",
+        run_dirs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

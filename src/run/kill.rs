@@ -8,9 +8,11 @@
 //! containers. A process that empties its own environment escapes the sweep but
 //! not the group signal.
 //!
-//! A `/proc` scan reads every process's environment: the async functions run
-//! it on the blocking pool, so a busy machine's scans never stall the
-//! runtime's workers (which also carry the MQTT intake).
+//! Reading a process's environment is the costly part of a scan, so a scan
+//! soon after the run started reads only the processes whose pids were
+//! allocated since its leader's ([`PidWindow`]); the rest cannot belong to
+//! the run. Scans run on the blocking pool, so a busy machine's scans never
+//! stall the runtime's workers (which also carry the MQTT intake).
 
 use std::fs;
 use std::time::Duration;
@@ -22,19 +24,63 @@ use tokio::time::{Instant, sleep};
 /// Environment variable that marks every process of one run.
 pub const RUN_MARKER_ENV: &str = "ANSIBLE_WORKER_RUN";
 
+/// How long after a run's start its pid window is trusted. Pids are handed
+/// out in a cycle; a window is wrong only once the counter went all the way
+/// round (at least 32,768 processes and threads created), which cannot
+/// happen in this time.
+const WINDOW_TRUSTED: Duration = Duration::from_millis(100);
+
+/// The pids allocated since a run's leader was (`first`, the leader's own,
+/// included): every process of the run has one.
+#[derive(Debug, Clone, Copy)]
+struct PidWindow {
+    first: i32,
+}
+
+impl PidWindow {
+    /// Whether `pid` was allocated at or after `first`, given that `last`
+    /// is the newest pid allocated (the counter may have wrapped once).
+    fn holds(self, pid: i32, last: i32) -> bool {
+        if last >= self.first {
+            (self.first..=last).contains(&pid)
+        } else {
+            pid >= self.first || pid <= last
+        }
+    }
+}
+
+/// The newest pid allocated in this pid namespace.
+fn last_pid() -> Option<i32> {
+    fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Processes (other than zombies) whose environment carries `marker`.
 pub fn marked_processes(marker: &str) -> Vec<Pid> {
+    marked_in(marker, None)
+}
+
+/// [`marked_processes`], reading only pids inside `window` when there is one.
+fn marked_in(marker: &str, window: Option<PidWindow>) -> Vec<Pid> {
     let needle = format!("{RUN_MARKER_ENV}={marker}");
-    processes_with(|var| var == needle.as_bytes())
+    processes_with(window, |var| var == needle.as_bytes())
 }
 
 /// Processes whose environment has a variable for which `matches` holds.
-fn processes_with(matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
+fn processes_with(window: Option<PidWindow>, matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let pids: Vec<i32> = entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect();
+    // Read after the listing: every pid listed was allocated by then.
+    let window = window.zip(last_pid());
+    pids.into_iter()
+        .filter(|pid| window.is_none_or(|(window, last)| window.holds(*pid, last)))
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|environ| environ.split(|byte| *byte == 0).any(&matches))
@@ -43,36 +89,84 @@ fn processes_with(matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
         .collect()
 }
 
-/// [`marked_processes`] on the blocking pool.
-async fn marked(marker: &str) -> Vec<Pid> {
-    let marker = marker.to_owned();
-    tokio::task::spawn_blocking(move || marked_processes(&marker))
-        .await
-        .unwrap_or_default()
+/// The processes of one run: the process group its leader leads and every
+/// process that carries its marker.
+#[derive(Debug, Clone)]
+pub struct RunProcesses {
+    leader: Option<Pid>,
+    marker: String,
+    started: Instant,
 }
 
-/// Sends `signal` to the process group `leader` leads and to every marked
-/// process. Processes that are already gone are not an error.
-pub async fn signal_run(leader: Option<Pid>, marker: &str, signal: Signal) {
-    if let Some(leader) = leader {
-        let _ = killpg(leader, signal);
+impl RunProcesses {
+    /// The processes of the run marked `marker` whose main process, if it
+    /// started, is `leader`, started just now.
+    pub fn new(leader: Option<Pid>, marker: &str) -> Self {
+        RunProcesses {
+            leader,
+            marker: marker.to_owned(),
+            started: Instant::now(),
+        }
     }
-    for pid in marked(marker).await {
-        let _ = kill(pid, signal);
-    }
-}
 
-/// Waits until no marked process is left, or `deadline` passes; true when none
-/// is left.
-pub async fn wait_until_gone(marker: &str, deadline: Instant) -> bool {
-    loop {
-        if marked(marker).await.is_empty() {
-            return true;
+    /// The marked processes, found on the blocking pool.
+    async fn marked(&self) -> Vec<Pid> {
+        let window = self
+            .leader
+            .filter(|_| self.started.elapsed() < WINDOW_TRUSTED)
+            .map(|leader| PidWindow {
+                first: leader.as_raw(),
+            });
+        let marker = self.marker.clone();
+        tokio::task::spawn_blocking(move || marked_in(&marker, window))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Sends `signal` to the group and to every marked process. Processes
+    /// that are already gone are not an error.
+    pub async fn signal(&self, signal: Signal) {
+        if let Some(leader) = self.leader {
+            let _ = killpg(leader, signal);
         }
-        if Instant::now() >= deadline {
-            return false;
+        for pid in self.marked().await {
+            let _ = kill(pid, signal);
         }
-        sleep(Duration::from_millis(25)).await;
+    }
+
+    /// Waits until no marked process is left, or `deadline` passes; true
+    /// when none is left.
+    pub async fn wait_until_gone(&self, deadline: Instant) -> bool {
+        loop {
+            if self.marked().await.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGKILLs the group and every marked process until none is left (a
+    /// process may fork while it is being killed), giving up after a few
+    /// seconds. When nothing is left, which is the rule after a normal exit,
+    /// this costs one `/proc` scan.
+    pub async fn kill_all(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(leader) = self.leader {
+                let _ = killpg(leader, Signal::SIGKILL);
+            }
+            let pids = self.marked().await;
+            if pids.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            for pid in pids {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            sleep(Duration::from_millis(25)).await;
+        }
     }
 }
 
@@ -84,7 +178,7 @@ pub async fn kill_leftovers(runtime_dir: &std::path::Path) -> usize {
     let leftovers = || {
         let prefix = prefix.clone();
         tokio::task::spawn_blocking(move || {
-            processes_with(|var| var.starts_with(prefix.as_bytes()))
+            processes_with(None, |var| var.starts_with(prefix.as_bytes()))
         })
     };
     let found = leftovers().await.unwrap_or_default().len();
@@ -101,51 +195,75 @@ pub async fn kill_leftovers(runtime_dir: &std::path::Path) -> usize {
     }
 }
 
-/// SIGKILLs every marked process until none is left (a process may fork while
-/// it is being killed), giving up after a few seconds. When nothing is left,
-/// which is the rule after a normal exit, this costs one `/proc` scan.
-pub async fn kill_all(leader: Option<Pid>, marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(leader) = leader {
-            let _ = killpg(leader, Signal::SIGKILL);
-        }
-        let pids = marked(marker).await;
-        if pids.is_empty() || Instant::now() >= deadline {
-            return;
-        }
-        for pid in pids {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
+    use std::process::{Child, Command, Stdio};
 
-    #[tokio::test]
-    async fn sweep_kills_marked_processes_that_left_the_group_and_ignore_term() {
-        let marker = format!("unit-{}", std::process::id());
-        // A shell that traps SIGTERM and starts a new session for a child, as
-        // Ansible's workers do.
-        let mut child = Command::new("setsid")
+    /// A shell that traps SIGTERM and starts a new session for a child, as
+    /// Ansible's workers do; returns once both carry `marker`.
+    async fn escaping_tree(marker: &str) -> Child {
+        let child = Command::new("setsid")
             .args(["sh", "-c", "trap '' TERM; sleep 60 & wait"])
-            .env(RUN_MARKER_ENV, &marker)
+            .env(RUN_MARKER_ENV, marker)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while marked_processes(&marker).len() < 2 && Instant::now() < deadline {
+        while marked_processes(marker).len() < 2 && Instant::now() < deadline {
             sleep(Duration::from_millis(20)).await;
         }
-        assert!(marked_processes(&marker).len() >= 2);
-        signal_run(None, &marker, Signal::SIGTERM).await;
-        assert!(!wait_until_gone(&marker, Instant::now() + Duration::from_millis(300)).await);
-        kill_all(None, &marker).await;
+        assert_eq!(marked_processes(marker).len(), 2);
+        child
+    }
+
+    #[tokio::test]
+    async fn sweep_kills_marked_processes_that_left_the_group_and_ignore_term() {
+        let marker = format!("unit-{}-full", std::process::id());
+        let mut child = escaping_tree(&marker).await;
+        let run = RunProcesses::new(None, &marker);
+        run.signal(Signal::SIGTERM).await;
+        assert!(
+            !run.wait_until_gone(Instant::now() + Duration::from_millis(300))
+                .await
+        );
+        run.kill_all().await;
         let _ = child.wait();
         assert!(marked_processes(&marker).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pid_window_scan_reads_only_pids_since_the_leader() {
+        let marker = format!("unit-{}-window", std::process::id());
+        let mut child = escaping_tree(&marker).await;
+        let leader = child.id() as i32;
+        let since_leader = PidWindow { first: leader };
+        assert_eq!(marked_in(&marker, Some(since_leader)).len(), 2);
+        let mut later = Command::new("true").spawn().unwrap();
+        let after_them = PidWindow {
+            first: later.id() as i32,
+        };
+        let _ = later.wait();
+        assert!(marked_in(&marker, Some(after_them)).is_empty());
+        RunProcesses::new(Some(Pid::from_raw(leader)), &marker)
+            .kill_all()
+            .await;
+        let _ = child.wait();
+        assert!(marked_processes(&marker).is_empty());
+    }
+
+    #[test]
+    fn a_pid_window_holds_the_pids_allocated_since_its_first() {
+        let window = PidWindow { first: 1000 };
+        assert!(window.holds(1000, 1200));
+        assert!(window.holds(1200, 1200));
+        assert!(!window.holds(999, 1200));
+        assert!(!window.holds(1201, 1200));
+        // The counter wrapped after 1000: pids from 1000 up and from the
+        // bottom up to the newest are inside.
+        assert!(window.holds(4_000_000, 400));
+        assert!(window.holds(300, 400));
+        assert!(!window.holds(401, 400));
+        assert!(!window.holds(999, 400));
     }
 }

@@ -32,6 +32,7 @@ use crate::model::{Counters, Inventory, TaskSpec, TaskState};
 use crate::table::RunOutcome;
 use events::RunReport;
 use fifo::CallbackFifo;
+use kill::RunProcesses;
 use output::{forward_lines, read_tail};
 
 /// How often, at most, a running task's counters are reported.
@@ -114,9 +115,14 @@ impl PlaybookRunner {
         let outcome = self
             .run_in(&run_dir, &marker, spec, &cancel, deadline, limit, events)
             .await;
-        if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await {
-            tracing::warn!(task_id = %spec.task_id, "cannot remove {}: {e}", run_dir.display());
-        }
+        // Nothing of the run is left to wait for: the directory goes in the
+        // background, and the runtime waits for it at shutdown.
+        let task_id = spec.task_id.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&run_dir) {
+                tracing::warn!(%task_id, "cannot remove {}: {e}", run_dir.display());
+            }
+        });
         outcome
     }
 
@@ -160,7 +166,7 @@ impl PlaybookRunner {
                 );
             }
         };
-        let leader = child.id().map(|pid| Pid::from_raw(pid as i32));
+        let processes = RunProcesses::new(child.id().map(|pid| Pid::from_raw(pid as i32)), run_id);
         let stdout = child.stdout.take().map(|out| {
             let events = events.clone();
             tokio::spawn(async move { forward_lines(out, events.as_ref()).await })
@@ -182,15 +188,15 @@ impl PlaybookRunner {
         .await;
         let ending = match ending {
             Ending::TimedOut(None) => {
-                Ending::TimedOut(self.terminate(&mut child, leader, run_id).await)
+                Ending::TimedOut(self.terminate(&mut child, &processes).await)
             }
             Ending::Cancelled(None) => {
-                Ending::Cancelled(self.terminate(&mut child, leader, run_id).await)
+                Ending::Cancelled(self.terminate(&mut child, &processes).await)
             }
             other => other,
         };
         // Forked workers can outlive the main process; none may remain.
-        kill::kill_all(leader, run_id).await;
+        processes.kill_all().await;
         if let Some(stdout) = stdout {
             let _ = timeout(Duration::from_secs(2), stdout).await;
         }
@@ -209,7 +215,10 @@ impl PlaybookRunner {
         let settings = &self.settings;
         let mut command = Command::new(&settings.ansible_playbook);
         command
-            .args(playbook_args(spec, &prepared.extra_vars))
+            .args(playbook_args(
+                spec,
+                (!spec.extra_vars.is_empty()).then_some(prepared.extra_vars.as_path()),
+            ))
             .current_dir(&settings.playbook_directory)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -239,22 +248,17 @@ impl PlaybookRunner {
     }
 
     /// SIGTERM the run, give it `kill_grace`, then SIGKILL whatever is left.
-    async fn terminate(
-        &self,
-        child: &mut Child,
-        leader: Option<Pid>,
-        run_id: &str,
-    ) -> Option<ExitStatus> {
+    async fn terminate(&self, child: &mut Child, processes: &RunProcesses) -> Option<ExitStatus> {
         let grace_end = Instant::now() + self.settings.kill_grace;
-        kill::signal_run(leader, run_id, Signal::SIGTERM).await;
+        processes.signal(Signal::SIGTERM).await;
         let status = timeout(self.settings.kill_grace, child.wait())
             .await
             .ok()
             .and_then(Result::ok);
         // The main process may be gone while a task that traps SIGTERM lives on:
         // it gets the rest of the grace period too.
-        kill::wait_until_gone(run_id, grace_end).await;
-        kill::kill_all(leader, run_id).await;
+        processes.wait_until_gone(grace_end).await;
+        processes.kill_all().await;
         match status {
             Some(status) => Some(status),
             None => child.wait().await.ok(),
@@ -341,22 +345,22 @@ impl RunFiles {
         }
     }
 
-    /// Creates the directory, the private extra vars file, Ansible's temp
-    /// dir and the callback FIFO, which it opens.
+    /// Creates the directory, the private extra vars file (if there are
+    /// extra vars) and the callback FIFO, which it opens. Ansible creates
+    /// its temp dir itself.
     fn create(
         &self,
         extra_vars: &serde_json::Map<String, serde_json::Value>,
     ) -> io::Result<pipe::Receiver> {
         std::fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&self.extra_vars)?;
-        serde_json::to_writer(file, extra_vars)?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&self.temp_dir)?;
+        if !extra_vars.is_empty() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&self.extra_vars)?;
+            serde_json::to_writer(file, extra_vars)?;
+        }
         nix::unistd::mkfifo(&self.events_path, nix::sys::stat::Mode::S_IRWXU)?;
         // Opened read-write so the FIFO never reports EOF: the run ends when the
         // process exits, not when the last writer closes (ANSIBLE-NOTES.md).
@@ -366,18 +370,21 @@ impl RunFiles {
     }
 }
 
-/// The argument vector after the program name.
-pub fn playbook_args(spec: &TaskSpec, extra_vars_file: &Path) -> Vec<OsString> {
+/// The argument vector after the program name; `extra_vars_file` holds the
+/// task's extra vars, if it has any.
+pub fn playbook_args(spec: &TaskSpec, extra_vars_file: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![spec.playbook.clone().into()];
     args.push("-i".into());
     args.push(match &spec.inventory {
         Inventory::File(path) => path.clone().into(),
         Inventory::Inline(hosts) => hosts.into(),
     });
-    let mut extra_vars = OsString::from("@");
-    extra_vars.push(extra_vars_file);
-    args.push("-e".into());
-    args.push(extra_vars);
+    if let Some(file) = extra_vars_file {
+        let mut extra_vars = OsString::from("@");
+        extra_vars.push(file);
+        args.push("-e".into());
+        args.push(extra_vars);
+    }
     if let Some(limit) = &spec.limit {
         args.push(format!("--limit={limit}").into());
     }
@@ -526,7 +533,7 @@ mod tests {
     fn argv_carries_every_option_and_no_extra_var_values() {
         let mut spec = spec();
         spec.extra_vars.insert("password".into(), "hunter2".into());
-        let args = playbook_args(&spec, Path::new("/run/x/extra_vars.json"));
+        let args = playbook_args(&spec, Some(Path::new("/run/x/extra_vars.json")));
         let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(
             args,
@@ -562,7 +569,8 @@ mod tests {
     fn minimal_argv_has_no_optional_flags() {
         let inventory = Inventory::Inline("web1,".into());
         let spec = TaskSpec::with_defaults("t", PathBuf::from("/p/site.yml"), inventory);
-        let args = playbook_args(&spec, Path::new("/e.json"));
-        assert_eq!(args.len(), 6);
+        let args = playbook_args(&spec, None);
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(args, ["/p/site.yml", "-i", "web1,", "--forks=5"]);
     }
 }
