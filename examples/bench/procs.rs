@@ -278,6 +278,27 @@ impl Worker {
         self.status_kib("VmHWM:").map(kib_to_mib)
     }
 
+    /// CPU time the worker's own threads used so far (user + system), in
+    /// milliseconds; its children (the stub) are not included.
+    pub fn cpu_ms(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid()))?;
+        // Fields after the command name, which is in parentheses: state is
+        // the first, utime the 12th and stime the 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("malformed /proc/<worker>/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| -> Result<f64> {
+            let field = fields.get(i).context("short /proc/<worker>/stat")?;
+            Ok(field.parse::<u64>()? as f64)
+        };
+        let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+            .context("no clock tick rate")? as f64;
+        Ok((ticks(11)? + ticks(12)?) * 1e3 / per_sec)
+    }
+
     fn status_kib(&self, key: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))?;
         status

@@ -71,6 +71,9 @@ pub struct RoundFigures {
     pub peak_rss_mib: f64,
     /// All tasks published at once.
     pub burst: BatchFigures,
+    /// CPU time of the worker's own threads during the burst, per task, in
+    /// milliseconds.
+    pub burst_cpu_ms_per_task: f64,
     /// One task at a time (concurrency 1 only).
     pub sequential: Option<BatchFigures>,
 }
@@ -108,16 +111,18 @@ impl Bench<'_> {
         } else {
             0
         };
-        let (burst, sequential) = self
+        let (burst, burst_cpu_ms, sequential) = self
             .runtime
             .block_on(async {
                 let mut controller = Controller::connect(worker.mqtt_port, &group).await?;
+                let cpu_before = worker.cpu_ms()?;
                 let burst = controller.burst(&requests(&group, "b", self.tasks)).await?;
+                let burst_cpu_ms = worker.cpu_ms()? - cpu_before;
                 let sequential = match sequential_tasks {
                     0 => None,
                     n => Some(controller.sequential(&requests(&group, "s", n)).await?),
                 };
-                anyhow::Ok((burst, sequential))
+                anyhow::Ok((burst, burst_cpu_ms, sequential))
             })
             .with_context(|| format!("{group}; worker log:\n{}", worker.log_tail()))?;
         let peak_rss_mib = worker.peak_rss_mib()?;
@@ -128,6 +133,7 @@ impl Bench<'_> {
             idle_rss_mib,
             peak_rss_mib,
             burst,
+            burst_cpu_ms_per_task: burst_cpu_ms / self.tasks as f64,
             sequential,
         })
     }
@@ -174,6 +180,7 @@ pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
         "seq p50 ms",
         "seq p99 ms",
         "statuses/task",
+        "worker CPU ms/task",
         "start→ready ms",
         "idle RSS MiB",
         "peak RSS MiB",
@@ -190,6 +197,7 @@ pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
             cell(seq(50.0), 2),
             cell(seq(99.0), 2),
             cell(of(&|r| Some(r.burst.statuses_per_task)), 1),
+            cell(of(&|r| Some(r.burst_cpu_ms_per_task)), 2),
             cell(of(&|r| Some(r.ready_ms)), 0),
             cell(of(&|r| Some(r.idle_rss_mib)), 1),
             cell(of(&|r| Some(r.peak_rss_mib)), 1),

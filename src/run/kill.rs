@@ -30,6 +30,10 @@ pub const RUN_MARKER_ENV: &str = "ANSIBLE_WORKER_RUN";
 /// happen in this time.
 const WINDOW_TRUSTED: Duration = Duration::from_millis(100);
 
+/// Windows up to this many pids are probed pid by pid instead of listing
+/// `/proc`.
+const PROBED_PIDS: i32 = 256;
+
 /// The pids allocated since a run's leader was (`first`, the leader's own,
 /// included): every process of the run has one.
 #[derive(Debug, Clone, Copy)]
@@ -71,22 +75,51 @@ fn marked_in(marker: &str, window: Option<PidWindow>) -> Vec<Pid> {
 
 /// Processes whose environment has a variable for which `matches` holds.
 fn processes_with(window: Option<PidWindow>, matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
+    let candidates = match window {
+        Some(window) => pids_in(window),
+        None => listed_pids(),
     };
-    let pids: Vec<i32> = entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .collect();
-    // Read after the listing: every pid listed was allocated by then.
-    let window = window.zip(last_pid());
-    pids.into_iter()
-        .filter(|pid| window.is_none_or(|(window, last)| window.holds(*pid, last)))
+    candidates
+        .into_iter()
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|environ| environ.split(|byte| *byte == 0).any(&matches))
         })
         .map(Pid::from_raw)
         .collect()
+}
+
+/// The pids `/proc` lists (processes, not their other threads).
+fn listed_pids() -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// The pids inside `window` that may be in use. A short window is cheaper
+/// to probe pid by pid than to list `/proc`; a probed pid may be a thread's,
+/// whose environment is its process's (and signalling it signals the
+/// process).
+fn pids_in(window: PidWindow) -> Vec<i32> {
+    match last_pid() {
+        Some(last) if window.first <= last && last - window.first < PROBED_PIDS => {
+            (window.first..=last).collect()
+        }
+        _ => {
+            let listed = listed_pids();
+            // Read after the listing: every pid listed was allocated by then.
+            match last_pid() {
+                Some(last) => listed
+                    .into_iter()
+                    .filter(|pid| window.holds(*pid, last))
+                    .collect(),
+                None => listed,
+            }
+        }
+    }
 }
 
 /// The processes of one run: the process group its leader leads and every
@@ -239,6 +272,11 @@ mod tests {
         let leader = child.id() as i32;
         let since_leader = PidWindow { first: leader };
         assert_eq!(marked_in(&marker, Some(since_leader)).len(), 2);
+        // A window too long to probe pid by pid: /proc is listed instead.
+        let long = PidWindow {
+            first: (leader - PROBED_PIDS).max(1),
+        };
+        assert_eq!(marked_in(&marker, Some(long)).len(), 2);
         let mut later = Command::new("true").spawn().unwrap();
         let after_them = PidWindow {
             first: later.id() as i32,
