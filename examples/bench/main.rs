@@ -1,8 +1,10 @@
 //! End-to-end bench of `ansible-worker` (issue 6, docs/BENCHMARKS.md).
 //!
 //! Starts the real binary against Mosquitto and against its embedded broker,
-//! with a stub `ansible-playbook` that exits 0 at once, so what is measured is
-//! the worker's own cost: tasks/s and publish → final status latency for
+//! with a stub `ansible-playbook` that exits 0 at once (by default a static
+//! program compiled with `cc`; `--stub shell` for a shell script), so what is
+//! measured is the worker's own cost: tasks/s and publish → final status
+//! latency for
 //! bursts of N requests at concurrency 1 and 4, one-at-a-time latency at
 //! concurrency 1, time to `/readyz`, idle and peak RSS. Then the same 10-task
 //! playbook run directly and through the worker with the real Ansible.
@@ -25,7 +27,7 @@ use clap::Parser;
 
 use procs::Mosquitto;
 use report::percentile;
-use scenario::{Bench, BrokerKind, RoundFigures, Scenario};
+use scenario::{Bench, BrokerKind, RoundFigures, Scenario, StubKind};
 
 /// End-to-end bench of ansible-worker with a stub ansible-playbook.
 #[derive(Debug, Parser)]
@@ -55,6 +57,9 @@ struct Args {
     /// A label printed with the results (e.g. "before the journal").
     #[arg(long)]
     label: Option<String>,
+    /// The stub ansible-playbook of the bursts.
+    #[arg(long, value_enum, default_value = "native")]
+    stub: StubKind,
     /// Run the real-Ansible comparison even with --quick.
     #[arg(long)]
     ansible: bool,
@@ -98,7 +103,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     stop_children_on_signal(&runtime, scratch.path().to_owned());
-    let (stub, playbook_dir) = scenario::write_stub_fixture(scratch.path())?;
+    let (stub, playbook_dir) = scenario::write_stub_fixture(scratch.path(), args.stub)?;
 
     print_header(&args, &binary, rounds, tasks, seq_tasks, &stub)?;
     let mosquitto = if args.brokers.contains(&BrokerKind::Mosquitto) {
@@ -251,7 +256,11 @@ fn print_header(
          {seq_tasks} one-at-a-time tasks at concurrency 1"
     );
     println!(
-        "- floor: spawning and reaping the stub ansible-playbook takes {:.2} ms (median of 50)",
+        "- floor: spawning and reaping the {} stub ansible-playbook takes {:.2} ms (median of 50)",
+        match args.stub {
+            StubKind::Native => "native",
+            StubKind::Shell => "shell",
+        },
         spawn_floor_ms(stub)?
     );
     println!("- cells: median (min–max) over the rounds; latencies are publish → final status\n");

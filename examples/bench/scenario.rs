@@ -152,15 +152,60 @@ fn requests(group: &str, kind: &str, count: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Which stub `ansible-playbook` a bench runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StubKind {
+    /// A static executable that only calls `exit(0)`, compiled with `cc`
+    /// (about 0.1 ms of CPU per run): the worker's own cost stands out.
+    Native,
+    /// `#!/bin/sh` + `exit 0` (about 0.9 ms of CPU per run, starting a shell).
+    Shell,
+}
+
+/// A static program that exits 0 without a C library: `_start` makes the
+/// exit system call (x86-64 and AArch64; elsewhere a static `main`).
+const NATIVE_STUB: &str = r#"
+#if defined(__x86_64__)
+void _start(void) { __asm__ volatile("mov $60, %eax\n xor %edi, %edi\n syscall"); }
+#elif defined(__aarch64__)
+void _start(void) { __asm__ volatile("mov x8, #93\n mov x0, #0\n svc #0"); }
+#else
+int main(void) { return 0; }
+#endif
+"#;
+
 /// Writes the stub `ansible-playbook` (exits 0 at once) and a playbook
 /// directory with an empty `noop.yml` and `inventory.yml`; returns the stub's
-/// path and the directory.
-pub fn write_stub_fixture(root: &Path) -> Result<(PathBuf, PathBuf)> {
+/// path and the directory. A native stub is compiled with `cc`.
+pub fn write_stub_fixture(root: &Path, kind: StubKind) -> Result<(PathBuf, PathBuf)> {
     use std::os::unix::fs::PermissionsExt;
     let stub = root.join("bin/ansible-playbook");
     std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::write(&stub, "#!/bin/sh\nexit 0\n")?;
-    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
+    match kind {
+        StubKind::Shell => {
+            std::fs::write(&stub, "#!/bin/sh\nexit 0\n")?;
+            std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
+        }
+        StubKind::Native => {
+            let source = root.join("bin/stub.c");
+            std::fs::write(&source, NATIVE_STUB)?;
+            let freestanding = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+            let mut cc = std::process::Command::new("cc");
+            cc.args(["-O2", "-static", "-o"]).arg(&stub).arg(&source);
+            if freestanding {
+                cc.args(["-nostdlib", "-fno-stack-protector"]);
+            }
+            let output = cc
+                .output()
+                .context("cannot run cc to build the native stub (try --stub shell)")?;
+            if !output.status.success() {
+                anyhow::bail!(
+                    "cc could not build the native stub (try --stub shell):\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
     let playbooks = root.join("playbooks");
     std::fs::create_dir_all(&playbooks)?;
     std::fs::write(playbooks.join("noop.yml"), "")?;

@@ -1,6 +1,6 @@
 //! `PlaybookRun`: one `ansible-playbook` process from start to final outcome.
 //!
-//! It owns the run's private directory (extra-vars file, event FIFO, Ansible
+//! It owns the run's private files (extra-vars file, event FIFO, Ansible
 //! temp dir), builds the argument vector (never a shell), starts the process
 //! as a process-group leader in the playbook directory with our callback
 //! plugin enabled, turns the plugin's event lines into coalesced progress,
@@ -107,20 +107,19 @@ impl PlaybookRunner {
         {
             return outcome;
         }
-        let run_dir =
-            (self.settings.runtime_dir).join(format!("{}-{:08x}", spec.task_id, fastrand::u32(..)));
-        // The run's marker is its directory, so a restarted worker can find
-        // what a crashed one left behind (`kill::kill_leftovers`).
-        let marker = run_dir.display().to_string();
+        let files = RunFiles::new(&self.settings.runtime_dir, &spec.task_id);
+        // The run's marker is its files' common path, so a restarted worker
+        // can find what a crashed one left behind (`kill::kill_leftovers`).
+        let marker = files.base.display().to_string();
         let outcome = self
-            .run_in(&run_dir, &marker, spec, &cancel, deadline, limit, events)
+            .run_in(&files, &marker, spec, &cancel, deadline, limit, events)
             .await;
-        // Nothing of the run is left to wait for: the directory goes in the
-        // background, and the runtime waits for it at shutdown.
+        // Nothing of the run is left to wait for: its files go in the
+        // background, and the runtime waits for that at shutdown.
         let task_id = spec.task_id.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = std::fs::remove_dir_all(&run_dir) {
-                tracing::warn!(%task_id, "cannot remove {}: {e}", run_dir.display());
+            if let Err(e) = files.remove() {
+                tracing::warn!(%task_id, "cannot remove {}.*: {e}", files.base.display());
             }
         });
         outcome
@@ -129,7 +128,7 @@ impl PlaybookRunner {
     #[allow(clippy::too_many_arguments)]
     async fn run_in(
         &self,
-        run_dir: &Path,
+        files: &RunFiles,
         run_id: &str,
         spec: &TaskSpec,
         cancel: &CancellationToken,
@@ -137,15 +136,15 @@ impl PlaybookRunner {
         limit: Duration,
         events: Arc<dyn RunEvents>,
     ) -> RunOutcome {
-        let files = RunFiles::in_dir(run_dir);
-        let mut command = self.command(spec, run_id, &files);
+        let mut command = self.command(spec, run_id, files);
+        let files = files.clone();
         // Creating files and forking are blocking system calls: they run on
         // the blocking pool so the runtime's workers stay free for intake.
         let extra_vars = spec.extra_vars.clone();
         let started = tokio::task::spawn_blocking(move || {
             let fifo = files
                 .create(&extra_vars)
-                .map_err(|e| format!("Cannot prepare the run directory: {e}"))?;
+                .map_err(|e| format!("Cannot prepare the run's files: {e}"))?;
             Ok((fifo, command.spawn()))
         })
         .await;
@@ -327,32 +326,39 @@ pub fn resolve_program(program: &Path) -> Option<PathBuf> {
         .find(|candidate| executable(candidate))
 }
 
-/// Files of one run, inside its private directory.
+/// Files of one run, side by side in the runtime directory: the paths
+/// share a prefix unique to the run (no directory per run, which would cost
+/// two more file-system operations per task).
+#[derive(Clone)]
 struct RunFiles {
-    dir: PathBuf,
+    base: PathBuf,
     extra_vars: PathBuf,
     events_path: PathBuf,
     temp_dir: PathBuf,
 }
 
 impl RunFiles {
-    fn in_dir(dir: &Path) -> Self {
+    fn new(runtime_dir: &Path, task_id: &str) -> Self {
+        let base = runtime_dir.join(format!("{task_id}-{:08x}", fastrand::u32(..)));
+        let with = |suffix: &str| {
+            let mut path = base.clone().into_os_string();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
         RunFiles {
-            dir: dir.to_path_buf(),
-            extra_vars: dir.join("extra_vars.json"),
-            events_path: dir.join("events"),
-            temp_dir: dir.join("tmp"),
+            extra_vars: with(".vars.json"),
+            events_path: with(".events"),
+            temp_dir: with(".tmp"),
+            base,
         }
     }
 
-    /// Creates the directory, the private extra vars file (if there are
-    /// extra vars) and the callback FIFO, which it opens. Ansible creates
-    /// its temp dir itself.
+    /// Creates the private extra vars file (if there are extra vars) and the
+    /// callback FIFO, which it opens. Ansible creates its temp dir itself.
     fn create(
         &self,
         extra_vars: &serde_json::Map<String, serde_json::Value>,
     ) -> io::Result<pipe::Receiver> {
-        std::fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
         if !extra_vars.is_empty() {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -367,6 +373,17 @@ impl RunFiles {
         pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&self.events_path)
+    }
+
+    /// Removes whichever of the run's files exist.
+    fn remove(&self) -> io::Result<()> {
+        let gone = |result: io::Result<()>| match result {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        gone(std::fs::remove_file(&self.events_path))?;
+        gone(std::fs::remove_file(&self.extra_vars))?;
+        gone(std::fs::remove_dir_all(&self.temp_dir))
     }
 }
 
