@@ -42,6 +42,11 @@ use crate::table::{Cancel, TaskTable};
 pub const MAX_PACKET_SIZE: u32 = 1024 * 1024 + 64 * 1024;
 /// Requests buffered between the application and the event loop.
 const REQUEST_CAPACITY: usize = 1024;
+/// QoS 1/2 publishes of ours the broker may not have acknowledged yet.
+/// rumqttc preallocates one slot per allowed packet id (65,535 by default,
+/// 14 MiB resident); the publisher keeps at most `PUBLISH_WINDOW` statuses in
+/// flight, and presence needs one more.
+const OUTGOING_INFLIGHT: u16 = 64;
 /// Where the system's CA bundle lives on Debian-like systems.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -135,6 +140,7 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
     options
         .set_keep_alive(config.mqtt.keepalive)
         .set_max_packet_size(Some(MAX_PACKET_SIZE))
+        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_network_options(network);
     if let Some(username) = &config.mqtt.username {
         let password = config
@@ -413,6 +419,21 @@ fn cancel(inbound: &Inbound, task_id: &str, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outgoing_publishes_in_flight_are_capped_on_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("playbooks")).unwrap();
+        let text = "[worker]\ngroup_name = \"g\"\nworker_id = \"w\"\n\
+                    playbook_directory = \"playbooks\"\n";
+        let config = Config::from_toml(text, dir.path(), &|_| None).unwrap();
+        for options in [mqtt_options(&config), worker_options(&config)] {
+            let limit = options.unwrap().get_outgoing_inflight_upper_limit();
+            assert_eq!(limit, Some(OUTGOING_INFLIGHT));
+        }
+        // The publisher's window and presence must fit.
+        assert!(usize::from(OUTGOING_INFLIGHT) > crate::mqtt::window::PUBLISH_WINDOW);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
