@@ -1,6 +1,7 @@
 //! The real-Ansible comparison: one 10-task local playbook run directly with
-//! `ansible-playbook` and through the worker (publish → final status), round
-//! after round so both see the same machine load.
+//! `ansible-playbook` and through the worker (publish → final status, through
+//! Mosquitto unless only the embedded broker is measured), round after round
+//! and in alternating order, so both see the same machine load.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,7 +52,11 @@ pub fn compare(bench: &Bench, ansible_playbook: &Path, rounds: usize) -> Result<
         ansible_playbook,
         concurrency: 1,
         capacity: 100,
-        broker: BrokerChoice::Embedded,
+        // Through Mosquitto when it runs: rumqttd's Nagle delays (tens of
+        // milliseconds per message, docs/BENCHMARKS.md) are not the worker's.
+        broker: bench
+            .mosquitto_port
+            .map_or(BrokerChoice::Embedded, BrokerChoice::External),
     };
     let mut worker = Worker::spawn(bench.binary, &dir, &config)?;
     worker.wait_ready()?;
@@ -61,17 +66,27 @@ pub fn compare(bench: &Bench, ansible_playbook: &Path, rounds: usize) -> Result<
     let (mut direct, mut through) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("real ansible, round {round}/{rounds}");
-        direct.push(run_directly(ansible_playbook, &playbooks)?);
         let request = json!({
             "task_id": format!("{group}-{round}"),
             "playbook": "ten.yml",
             "inventory": "inventory.yml",
         });
-        let figures = bench
-            .runtime
-            .block_on(controller.sequential(&[request]))
-            .with_context(|| format!("worker log:\n{}", worker.log_tail()))?;
-        through.push(figures.latencies_ms[0] / 1e3);
+        let mut through_worker = || -> Result<f64> {
+            let figures = bench
+                .runtime
+                .block_on(controller.sequential(std::slice::from_ref(&request)))
+                .with_context(|| format!("worker log:\n{}", worker.log_tail()))?;
+            Ok(figures.latencies_ms[0] / 1e3)
+        };
+        // Which goes first alternates, so neither always runs on a machine
+        // the other just warmed up (or loaded).
+        if round % 2 == 1 {
+            direct.push(run_directly(ansible_playbook, &playbooks)?);
+            through.push(through_worker()?);
+        } else {
+            through.push(through_worker()?);
+            direct.push(run_directly(ansible_playbook, &playbooks)?);
+        }
     }
     let mut table = Table::new(&["10-task local playbook", "seconds"]);
     let direct_spread = Spread::of(direct.iter().copied());
@@ -81,7 +96,13 @@ pub fn compare(bench: &Bench, ansible_playbook: &Path, rounds: usize) -> Result<
         cell(direct_spread, 3),
     ]);
     table.row([
-        "through the worker (publish → final)".to_owned(),
+        format!(
+            "through the worker (publish → final, {})",
+            match config.broker {
+                BrokerChoice::External(_) => "Mosquitto",
+                BrokerChoice::Embedded => "embedded broker",
+            }
+        ),
         cell(through_spread, 3),
     ]);
     if let (Some(d), Some(t)) = (direct_spread, through_spread) {

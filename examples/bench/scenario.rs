@@ -67,6 +67,8 @@ pub struct RoundFigures {
     pub ready_ms: f64,
     /// VmRSS right after ready, in MiB.
     pub idle_rss_mib: f64,
+    /// VmRSS after all tasks (all of them in the history), in MiB.
+    pub end_rss_mib: f64,
     /// VmHWM after all tasks, in MiB.
     pub peak_rss_mib: f64,
     /// All tasks published at once.
@@ -125,12 +127,14 @@ impl Bench<'_> {
                 anyhow::Ok((burst, burst_cpu_ms, sequential))
             })
             .with_context(|| format!("{group}; worker log:\n{}", worker.log_tail()))?;
+        let end_rss_mib = worker.rss_mib()?;
         let peak_rss_mib = worker.peak_rss_mib()?;
         drop(worker);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(RoundFigures {
             ready_ms: ready.as_secs_f64() * 1e3,
             idle_rss_mib,
+            end_rss_mib,
             peak_rss_mib,
             burst,
             burst_cpu_ms_per_task: burst_cpu_ms / self.tasks as f64,
@@ -228,6 +232,7 @@ pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
         "worker CPU ms/task",
         "start→ready ms",
         "idle RSS MiB",
+        "end RSS MiB",
         "peak RSS MiB",
     ]);
     for (scenario, rounds) in results {
@@ -245,6 +250,7 @@ pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
             cell(of(&|r| Some(r.burst_cpu_ms_per_task)), 2),
             cell(of(&|r| Some(r.ready_ms)), 0),
             cell(of(&|r| Some(r.idle_rss_mib)), 1),
+            cell(of(&|r| Some(r.end_rss_mib)), 1),
             cell(of(&|r| Some(r.peak_rss_mib)), 1),
         ]);
     }
