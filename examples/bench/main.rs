@@ -103,9 +103,17 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     stop_children_on_signal(&runtime, scratch.path().to_owned());
-    let (stub, playbook_dir) = scenario::write_stub_fixture(scratch.path(), args.stub)?;
+    let fixture = scenario::write_stub_fixture(scratch.path(), args.stub)?;
+    let (stub, playbook_dir) = (fixture.stub, fixture.playbook_dir);
 
-    print_header(&args, &binary, rounds, tasks, seq_tasks, &stub)?;
+    print_header(
+        &args,
+        &binary,
+        rounds,
+        tasks,
+        seq_tasks,
+        (fixture.kind, &stub),
+    )?;
     let mosquitto = if args.brokers.contains(&BrokerKind::Mosquitto) {
         Some(Mosquitto::start(scratch.path())?)
     } else {
@@ -222,7 +230,7 @@ fn print_header(
     rounds: usize,
     tasks: usize,
     seq_tasks: usize,
-    stub: &Path,
+    (stub_kind, stub): (StubKind, &Path),
 ) -> Result<()> {
     let version = capture(Command::new(binary).arg("--version"))
         .with_context(|| format!("cannot run {}", binary.display()))?;
@@ -257,7 +265,7 @@ fn print_header(
     );
     println!(
         "- floor: spawning and reaping the {} stub ansible-playbook takes {:.2} ms (median of 50)",
-        match args.stub {
+        match stub_kind {
             StubKind::Native => "native",
             StubKind::Shell => "shell",
         },

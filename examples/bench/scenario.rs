@@ -178,43 +178,70 @@ int main(void) { return 0; }
 #endif
 "#;
 
+/// The stub `ansible-playbook` a bench runs and the directory of its
+/// playbooks.
+pub struct StubFixture {
+    /// The stub.
+    pub stub: PathBuf,
+    /// What the stub is: a native one falls back to the shell when `cc`
+    /// cannot build it.
+    pub kind: StubKind,
+    /// Holds an empty `noop.yml` and `inventory.yml`.
+    pub playbook_dir: PathBuf,
+}
+
 /// Writes the stub `ansible-playbook` (exits 0 at once) and a playbook
-/// directory with an empty `noop.yml` and `inventory.yml`; returns the stub's
-/// path and the directory. A native stub is compiled with `cc`.
-pub fn write_stub_fixture(root: &Path, kind: StubKind) -> Result<(PathBuf, PathBuf)> {
+/// directory with an empty `noop.yml` and `inventory.yml`. A native stub is
+/// compiled with `cc`; without a working `cc` the shell stub is used, with a
+/// warning.
+pub fn write_stub_fixture(root: &Path, kind: StubKind) -> Result<StubFixture> {
     use std::os::unix::fs::PermissionsExt;
     let stub = root.join("bin/ansible-playbook");
     std::fs::create_dir_all(root.join("bin"))?;
-    match kind {
-        StubKind::Shell => {
-            std::fs::write(&stub, "#!/bin/sh\nexit 0\n")?;
-            std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
-        }
-        StubKind::Native => {
-            let source = root.join("bin/stub.c");
-            std::fs::write(&source, NATIVE_STUB)?;
-            let freestanding = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
-            let mut cc = std::process::Command::new("cc");
-            cc.args(["-O2", "-static", "-o"]).arg(&stub).arg(&source);
-            if freestanding {
-                cc.args(["-nostdlib", "-fno-stack-protector"]);
+    let kind = match kind {
+        StubKind::Native => match compile_native_stub(root, &stub) {
+            Ok(()) => StubKind::Native,
+            Err(e) => {
+                eprintln!("warning: {e:#}; measuring with the shell stub");
+                StubKind::Shell
             }
-            let output = cc
-                .output()
-                .context("cannot run cc to build the native stub (try --stub shell)")?;
-            if !output.status.success() {
-                anyhow::bail!(
-                    "cc could not build the native stub (try --stub shell):\n{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-        }
+        },
+        StubKind::Shell => StubKind::Shell,
+    };
+    if kind == StubKind::Shell {
+        std::fs::write(&stub, "#!/bin/sh\nexit 0\n")?;
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))?;
     }
     let playbooks = root.join("playbooks");
     std::fs::create_dir_all(&playbooks)?;
     std::fs::write(playbooks.join("noop.yml"), "")?;
     std::fs::write(playbooks.join("inventory.yml"), "")?;
-    Ok((stub, playbooks))
+    Ok(StubFixture {
+        stub,
+        kind,
+        playbook_dir: playbooks,
+    })
+}
+
+/// Builds [`NATIVE_STUB`] into `stub` with `cc`.
+fn compile_native_stub(root: &Path, stub: &Path) -> Result<()> {
+    let source = root.join("bin/stub.c");
+    std::fs::write(&source, NATIVE_STUB)?;
+    let mut cc = std::process::Command::new("cc");
+    cc.args(["-O2", "-static", "-o"]).arg(stub).arg(&source);
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        cc.args(["-nostdlib", "-fno-stack-protector"]);
+    }
+    let output = cc
+        .output()
+        .context("cannot run cc to build the native stub")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "cc could not build the native stub: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The results table: one row per scenario, each cell the median over the
