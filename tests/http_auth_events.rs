@@ -102,21 +102,23 @@ fn bearer_token_guards_writes_and_optionally_reads() {
             reply.error(401);
         }
     }
+    let _stream = open_with_snapshot(&http, &format!("?access_token={TOKEN}"), &[]);
+    let _header_stream = open_with_snapshot(&http, "", &[("Authorization", &bearer)]);
+    assert_token_not_logged(&worker, TOKEN);
+}
+
+/// Opens the event stream (which must be allowed) and checks that it starts
+/// with a snapshot.
+#[track_caller]
+fn open_with_snapshot(http: &Http, query: &str, headers: &[(&str, &str)]) -> EventStream {
     let stream = http
-        .events(&format!("?access_token={TOKEN}"), &[])
-        .unwrap_or_else(|reply| panic!("events refused the query token: {reply:?}"));
+        .events(query, headers)
+        .unwrap_or_else(|reply| panic!("events refused: {reply:?}"));
     let first = stream
         .next_before(Instant::now() + Duration::from_secs(20))
         .expect("a snapshot");
     assert_eq!(first.event, "snapshot");
-    let header_stream = http
-        .events("", &[("Authorization", &bearer)])
-        .unwrap_or_else(|reply| panic!("events refused the bearer token: {reply:?}"));
-    let first = header_stream
-        .next_before(Instant::now() + Duration::from_secs(20))
-        .expect("a snapshot");
-    assert_eq!(first.event, "snapshot");
-    assert_token_not_logged(&worker, TOKEN);
+    stream
 }
 
 /// Asserts that `token` (from the config, or sent as a bearer header) is not
@@ -139,13 +141,7 @@ fn query_token_never_reaches_the_log() {
         Appliance::start(&[("ANSIBLE_WORKER_TOKEN", TOKEN)], |dir, ports| {
             with_token(&example_config(dir, ports), true)
         });
-    let stream = http
-        .events(&format!("?access_token={TOKEN}"), &[])
-        .unwrap_or_else(|reply| panic!("events refused the query token: {reply:?}"));
-    let first = stream
-        .next_before(Instant::now() + Duration::from_secs(20))
-        .expect("a snapshot");
-    assert_eq!(first.event, "snapshot");
+    let _stream = open_with_snapshot(&http, &format!("?access_token={TOKEN}"), &[]);
     worker.wait_log("/api/events", Duration::from_secs(10));
     let log = worker.log();
     let leaks: Vec<&str> = log.lines().filter(|line| line.contains(TOKEN)).collect();
@@ -154,12 +150,8 @@ fn query_token_never_reaches_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_sends_a_snapshot_then_each_status_and_log_line() {
-    let Appliance {
-        worker: _worker,
-        ports,
-        http,
-    } = Appliance::start(&[], example_config);
-    let observer = Observer::start(ports.v5, "lab").await;
+    let (appliance, observer) = Appliance::lab().await;
+    let http = &appliance.http;
     observer.submit(hello("before-stream")).await;
     observer.wait_final("before-stream", DEADLINE).await;
 

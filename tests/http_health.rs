@@ -97,12 +97,8 @@ fn readiness_lists_each_check_and_follows_the_broker_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text_and_count_finals_runs_and_refusals() {
-    let Appliance {
-        worker: _worker,
-        ports,
-        http,
-    } = Appliance::start(&[], example_config);
-    let observer = Observer::start(ports.v5, "lab").await;
+    let (appliance, observer) = Appliance::lab().await;
+    let http = &appliance.http;
     let before = http.metrics();
     before.check_histogram("ansible_worker_run_duration_seconds");
     const SUCCESS: &str = "ansible_worker_tasks_total{state=\"success\"}";

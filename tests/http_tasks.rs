@@ -13,12 +13,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_list_pages_newest_first_filters_and_details_match_the_status_document() {
-    let Appliance {
-        worker,
-        ports,
-        http,
-    } = Appliance::start(&[], example_config);
-    let observer = Observer::start(ports.v5, "lab").await;
+    let (Appliance { worker, http, .. }, observer) = Appliance::lab().await;
     let info = http.get("/api/worker").json();
     assert_eq!(info["worker_id"], "lab-1", "{info}");
     assert_eq!(info["group"], "lab", "{info}");

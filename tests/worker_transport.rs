@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn hello(id: &str) -> serde_json::Value {
+/// A request for `tests/playbooks/failing.yml`, which fails at once.
+fn quick_failure(id: &str) -> serde_json::Value {
     json!({"task_id": id, "playbook": "failing.yml", "inventory": "localhost.yml"})
 }
 
@@ -56,7 +57,7 @@ async fn password_login_wrong_is_retried_right_works() {
     right.env = vec![("TEST_MQTT_PASSWORD".into(), "s3cret-pass".into())];
     let right = right.start();
     let observer = Observer::start(broker.port, "login").await;
-    observer.submit(hello("l-1")).await;
+    observer.submit(quick_failure("l-1")).await;
     let done = observer.wait_final("l-1", DEADLINE).await;
     assert_eq!(done["worker_id"], "login-w1");
     assert!(
@@ -157,7 +158,7 @@ async fn mutual_tls_with_a_private_ca() {
     );
     let _worker = setup.start();
     let observer = Observer::start(broker.port, "tls").await;
-    observer.submit(hello("tls-1")).await;
+    observer.submit(quick_failure("tls-1")).await;
     let done = observer.wait_final("tls-1", DEADLINE).await;
     assert_eq!(done["worker_id"], "tls-w1");
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{DEADLINE, EventStream, Metrics, Ports, Worker, is_final, wait_until};
+use super::{
+    DEADLINE, EventStream, Metrics, Observer, Ports, Worker, example_config, is_final, wait_until,
+};
 
 /// The appliance with a config of the test's making, subscribed and
 /// answering HTTP. No `Drop` of its own, so tests can take it apart; the
@@ -36,6 +38,13 @@ impl Appliance {
             ports,
             http,
         }
+    }
+
+    /// The example appliance, and an observer of its `lab` group.
+    pub async fn lab() -> (Self, Observer) {
+        let appliance = Appliance::start(&[], example_config);
+        let observer = Observer::start(appliance.ports.v5, "lab").await;
+        (appliance, observer)
     }
 }
 
