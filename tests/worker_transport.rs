@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-/// A request for `tests/playbooks/failing.yml`, which fails at once.
+/// A request for `tests/playbooks/failing.yml`, which fails on purpose.
 fn quick_failure(id: &str) -> serde_json::Value {
     json!({"task_id": id, "playbook": "failing.yml", "inventory": "localhost.yml"})
 }
