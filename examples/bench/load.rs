@@ -160,19 +160,29 @@ impl Controller {
         Ok(Some(arrival.doc.task_id))
     }
 
-    /// Publishes every request at once, then waits for all final statuses.
-    pub async fn burst(&mut self, requests: &[serde_json::Value]) -> Result<BatchFigures> {
+    /// Publishes the requests `batch` at a time, each batch at once and
+    /// after every final status of the previous one (one burst when `batch`
+    /// covers them all), then waits for all final statuses.
+    pub async fn burst(
+        &mut self,
+        requests: &[serde_json::Value],
+        batch: usize,
+    ) -> Result<BatchFigures> {
         let mut tasks = HashMap::with_capacity(requests.len());
-        for request in requests {
-            let published = self.publish(request).await?;
-            tasks.insert(task_id(request)?, Timing::new(published));
-        }
         let mut done = 0;
-        while done < requests.len() {
-            let waited = self.next_final(&mut tasks).await;
-            match waited.with_context(|| format!("{done} of {} tasks finished", requests.len()))? {
-                Some(_) => done += 1,
-                None => continue,
+        for chunk in requests.chunks(batch.max(1)) {
+            for request in chunk {
+                let published = self.publish(request).await?;
+                tasks.insert(task_id(request)?, Timing::new(published));
+            }
+            while done < tasks.len() {
+                let waited = self.next_final(&mut tasks).await;
+                match waited
+                    .with_context(|| format!("{done} of {} tasks finished", requests.len()))?
+                {
+                    Some(_) => done += 1,
+                    None => continue,
+                }
             }
         }
         Ok(figures(&tasks))

@@ -41,6 +41,12 @@ struct Args {
     /// Tasks per burst (default 1000; 20 with --quick).
     #[arg(long)]
     tasks: Option<usize>,
+    /// Publish each burst this many requests at a time, the next batch once
+    /// the previous one finished (default: all at once). With a large
+    /// --tasks it shows memory after a history filled over time rather than
+    /// by one burst.
+    #[arg(long)]
+    batch: Option<usize>,
     /// Tasks of the one-at-a-time run at concurrency 1 (default 200; 10 with --quick).
     #[arg(long)]
     seq_tasks: Option<usize>,
@@ -127,6 +133,7 @@ fn main() -> Result<()> {
         stub: &stub,
         mosquitto_port: mosquitto.as_ref().map(|m| m.port),
         tasks,
+        batch: args.batch.unwrap_or(tasks).max(1),
         sequential_tasks: seq_tasks,
     };
     let scenarios: Vec<Scenario> = args
@@ -260,8 +267,12 @@ fn print_header(
     println!("- worker: {version} at `{}`", binary.display());
     println!("- bench source: commit {commit}");
     println!(
-        "- settings: {rounds} round(s) per figure, {tasks} tasks per burst, \
-         {seq_tasks} one-at-a-time tasks at concurrency 1"
+        "- settings: {rounds} round(s) per figure, {tasks} tasks per burst{}, \
+         {seq_tasks} one-at-a-time tasks at concurrency 1",
+        match args.batch {
+            Some(batch) if batch < tasks => format!(" ({batch} at a time)"),
+            _ => String::new(),
+        }
     );
     println!(
         "- floor: spawning and reaping the {} stub ansible-playbook takes {:.2} ms (median of 50)",

@@ -56,6 +56,9 @@ pub struct Bench<'a> {
     pub mosquitto_port: Option<u16>,
     /// Tasks per burst.
     pub tasks: usize,
+    /// Requests of a burst published at once (the next batch after the
+    /// previous one finished).
+    pub batch: usize,
     /// Tasks of the sequential run (concurrency 1 only); 0 for none.
     pub sequential_tasks: usize,
 }
@@ -118,7 +121,9 @@ impl Bench<'_> {
             .block_on(async {
                 let mut controller = Controller::connect(worker.mqtt_port, &group).await?;
                 let cpu_before = worker.cpu_ms()?;
-                let burst = controller.burst(&requests(&group, "b", self.tasks)).await?;
+                let burst = controller
+                    .burst(&requests(&group, "b", self.tasks), self.batch)
+                    .await?;
                 let burst_cpu_ms = worker.cpu_ms()? - cpu_before;
                 let sequential = match sequential_tasks {
                     0 => None,
