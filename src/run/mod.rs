@@ -9,12 +9,13 @@
 
 pub mod events;
 mod fifo;
+mod files;
 pub mod kill;
 mod output;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::model::{Counters, Inventory, TaskSpec, TaskState};
 use crate::table::RunOutcome;
 use events::RunReport;
 use fifo::CallbackFifo;
+use files::RunFiles;
 use kill::RunProcesses;
 use output::{forward_lines, read_tail};
 
@@ -324,67 +326,6 @@ pub fn resolve_program(program: &Path) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|candidate| executable(candidate))
-}
-
-/// Files of one run, side by side in the runtime directory: the paths
-/// share a prefix unique to the run (no directory per run, which would cost
-/// two more file-system operations per task).
-#[derive(Clone)]
-struct RunFiles {
-    base: PathBuf,
-    extra_vars: PathBuf,
-    events_path: PathBuf,
-    temp_dir: PathBuf,
-}
-
-impl RunFiles {
-    fn new(runtime_dir: &Path, task_id: &str) -> Self {
-        let base = runtime_dir.join(format!("{task_id}-{:08x}", fastrand::u32(..)));
-        let with = |suffix: &str| {
-            let mut path = base.clone().into_os_string();
-            path.push(suffix);
-            PathBuf::from(path)
-        };
-        RunFiles {
-            extra_vars: with(".vars.json"),
-            events_path: with(".events"),
-            temp_dir: with(".tmp"),
-            base,
-        }
-    }
-
-    /// Creates the private extra vars file (if there are extra vars) and the
-    /// callback FIFO, which it opens. Ansible creates its temp dir itself.
-    fn create(
-        &self,
-        extra_vars: &serde_json::Map<String, serde_json::Value>,
-    ) -> io::Result<pipe::Receiver> {
-        if !extra_vars.is_empty() {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&self.extra_vars)?;
-            serde_json::to_writer(file, extra_vars)?;
-        }
-        nix::unistd::mkfifo(&self.events_path, nix::sys::stat::Mode::S_IRWXU)?;
-        // Opened read-write so the FIFO never reports EOF: the run ends when the
-        // process exits, not when the last writer closes (ANSIBLE-NOTES.md).
-        pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(&self.events_path)
-    }
-
-    /// Removes whichever of the run's files exist.
-    fn remove(&self) -> io::Result<()> {
-        let gone = |result: io::Result<()>| match result {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        };
-        gone(std::fs::remove_file(&self.events_path))?;
-        gone(std::fs::remove_file(&self.extra_vars))?;
-        gone(std::fs::remove_dir_all(&self.temp_dir))
-    }
 }
 
 /// The argument vector after the program name; `extra_vars_file` holds the
