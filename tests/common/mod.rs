@@ -7,6 +7,7 @@
 //! - `observer`: an MQTT client that records every status document;
 //! - `procs`: processes found and killed through `/proc`;
 //! - `ansible`: the test venv's `ansible-playbook` and the test playbooks;
+//! - `ledger`: a file `ledger.yml` appends to, counting real runs;
 //! - `appliance`: `config.example.toml` made runnable on free ports;
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics.
@@ -17,6 +18,7 @@
 mod ansible;
 mod appliance;
 mod http;
+mod ledger;
 mod mosquitto;
 mod observer;
 mod procs;
@@ -32,8 +34,8 @@ use std::time::{Duration, Instant};
 // Each test binary uses a different part of these, too.
 #[allow(unused_imports)]
 pub use self::{
-    ansible::*, appliance::*, http::*, mosquitto::*, observer::*, procs::*, prometheus::*, sse::*,
-    worker::*,
+    ansible::*, appliance::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
+    prometheus::*, sse::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
