@@ -223,7 +223,9 @@ async fn a_repeated_request_runs_once_even_after_a_restart() {
     worker.terminate();
     assert_eq!(worker.wait_exit(Duration::from_secs(20)), Some(0));
     worker.restart();
-    wait_log_count(&worker, "worker started", 2);
+    // A stopping worker unsubscribes, so the broker drops what is published
+    // before the new life subscribes again: wait for the subscription.
+    wait_log_count(&worker, "subscribed reasons=[Success(ExactlyOnce)]", 2);
     observer.submit(request).await;
     wait_log_count(&worker, "admission=Duplicate", 2);
     // The final status was published again, unchanged.
