@@ -154,9 +154,12 @@ fn rumqttd_config(config: &BrokerConfig) -> rumqttd::Config {
         v4.insert("v4".to_owned(), server(V4_THREAD, listen));
         v4
     });
-    // Segments hold delivered messages per filter in memory: cap them so the
-    // broker stays small, but keep room for several maximum-size payloads.
-    let max_segment_size = (4 * 1024 * 1024).max(2 * config.max_payload_size);
+    // Segments hold delivered messages per filter in memory, each message
+    // pinning the whole read buffer it arrived in: cap them so the broker
+    // stays small after a burst, but keep room for a maximum-size payload per
+    // segment and, over the 4 + 1 segments, for thousands of statuses a slow
+    // subscriber has yet to read (it loses what falls off the log).
+    let max_segment_size = (1024 * 1024).max(config.max_payload_size);
     rumqttd::Config {
         id: 0,
         router: RouterConfig {
@@ -206,7 +209,9 @@ mod tests {
         let v4 = &config.v4.as_ref().unwrap()["v4"];
         assert_eq!(v4.name, V4_THREAD);
         assert!(config.router.max_connections >= 1000);
-        assert!(config.router.max_segment_size >= 2 * 1024 * 1024);
+        let segment = config.router.max_segment_size;
+        assert!(segment >= v5.connections.max_payload_size);
+        assert!(segment * (config.router.max_segment_count + 1) >= 4 * 1024 * 1024);
     }
 
     #[test]
