@@ -129,9 +129,15 @@ pub async fn publish_statuses(
     mut changes: mpsc::UnboundedReceiver<TaskStatus>,
     mut link: watch::Receiver<LinkState>,
 ) {
-    let mut latest: HashMap<String, Latest> = restored
+    // Boxed: after a burst the map is mostly spare capacity.
+    let mut latest: HashMap<String, Box<Latest>> = restored
         .into_iter()
-        .map(|status| (status.task_id.clone(), Latest { status, sent: None }))
+        .map(|status| {
+            (
+                status.task_id.clone(),
+                Box::new(Latest { status, sent: None }),
+            )
+        })
         .collect();
     // The connection already caught up with `latest`; 0 = none yet.
     let mut caught_up = 0;
@@ -146,7 +152,7 @@ pub async fn publish_statuses(
                     publish(&client, &settings, &status).await;
                     sent = Some(Instant::now());
                 }
-                latest.insert(status.task_id.clone(), Latest { status, sent });
+                latest.insert(status.task_id.clone(), Box::new(Latest { status, sent }));
             }
             changed = link.changed() => {
                 if changed.is_err() {
@@ -178,10 +184,14 @@ pub async fn publish_statuses(
 
 /// Drops final statuses sent longer than `window` ago on a connection that
 /// did not drop meanwhile: they reached the broker.
-fn forget_delivered(latest: &mut HashMap<String, Latest>, window: Duration) {
+fn forget_delivered(latest: &mut HashMap<String, Box<Latest>>, window: Duration) {
     latest.retain(|_, entry| {
         !entry.status.state.is_final() || entry.sent.is_none_or(|at| at.elapsed() < window)
     });
+    // Give back what a burst grew, once most of it is forgotten.
+    if latest.capacity() > 4 * latest.len().max(64) {
+        latest.shrink_to_fit();
+    }
 }
 
 /// Seconds left before a final status should expire; `None` when it does not
@@ -271,5 +281,29 @@ mod tests {
         status.state = crate::model::TaskState::Success;
         assert_eq!(routes.route(&status), Some(route));
         assert_eq!(routes.route(&status), None);
+    }
+
+    #[test]
+    fn delivered_finals_are_forgotten_and_a_burst_gives_its_room_back() {
+        use crate::model::TaskState;
+        let window = Duration::from_secs(30);
+        let long_ago = Instant::now().checked_sub(2 * window);
+        let entry = |id: &str, state, sent| {
+            let status = TaskStatus::new(id, "w", state);
+            (id.to_owned(), Box::new(Latest { status, sent }))
+        };
+        let mut latest: HashMap<String, Box<Latest>> = (0..10_000)
+            .map(|n| entry(&format!("done-{n}"), TaskState::Success, long_ago))
+            .collect();
+        latest.extend([
+            entry("running", TaskState::Running, long_ago),
+            entry("unsent", TaskState::Failed, None),
+            entry("recent", TaskState::Success, Some(Instant::now())),
+        ]);
+        forget_delivered(&mut latest, window);
+        let mut kept: Vec<&str> = latest.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["recent", "running", "unsent"]);
+        assert!(latest.capacity() < 1000, "{}", latest.capacity());
     }
 }

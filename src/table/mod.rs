@@ -78,7 +78,9 @@ struct Entry {
     status: TaskStatus,
     request: Option<RequestSummary>,
     log: VecDeque<String>,
-    spec: Option<TaskSpec>,
+    /// The request, while the task waits to run (boxed: most entries are
+    /// finished ones, kept small for a long history).
+    spec: Option<Box<TaskSpec>>,
     cancel: CancellationToken,
     /// Why a running task was told to stop; becomes its `error_message`.
     cancel_reason: Option<String>,
@@ -88,7 +90,8 @@ struct Inner {
     settings: TableSettings,
     accepting: bool,
     next_seq: u64,
-    tasks: HashMap<String, Entry>,
+    /// Boxed so that the map's spare capacity costs a pointer per slot.
+    tasks: HashMap<String, Box<Entry>>,
     queue: VecDeque<String>,
     finished: VecDeque<String>,
     rejected: VecDeque<RejectedRequest>,
@@ -130,7 +133,7 @@ impl TaskTable {
     pub fn statuses(&self) -> Vec<TaskStatus> {
         let inner = self.lock();
         let now = Utc::now();
-        let mut entries: Vec<&Entry> = inner.tasks.values().collect();
+        let mut entries: Vec<&Entry> = inner.tasks.values().map(Box::as_ref).collect();
         entries.sort_by_key(|entry| entry.seq);
         entries.iter().map(|entry| entry.status.at(now)).collect()
     }
@@ -168,15 +171,15 @@ impl TaskTable {
         let seq = inner.take_seq();
         inner.tasks.insert(
             id.clone(),
-            Entry {
+            Box::new(Entry {
                 seq,
                 status: status.clone(),
                 request,
                 log: VecDeque::new(),
-                spec: Some(spec),
+                spec: Some(Box::new(spec)),
                 cancel: CancellationToken::new(),
                 cancel_reason: None,
-            },
+            }),
         );
         inner.emit(&status);
         inner.queue.push_back(id);
@@ -396,7 +399,7 @@ impl Inner {
         self.settings.metrics.task_finished(status.state, None);
         self.tasks.insert(
             id.clone(),
-            Entry {
+            Box::new(Entry {
                 seq,
                 status: status.clone(),
                 request,
@@ -404,7 +407,7 @@ impl Inner {
                 spec: None,
                 cancel: CancellationToken::new(),
                 cancel_reason: None,
-            },
+            }),
         );
         self.emit(&status);
         self.remember_finished(id);
@@ -430,7 +433,7 @@ impl Inner {
             if entry.status.state != TaskState::Queued {
                 continue;
             }
-            if let Some(spec) = entry.spec.clone() {
+            if let Some(spec) = entry.spec.as_deref().cloned() {
                 return Some((spec, entry.cancel.clone()));
             }
         }

@@ -48,7 +48,7 @@ impl TaskTable {
         for task in stored {
             inner.next_seq = inner.next_seq.max(task.seq);
             let id = task.status.task_id.clone();
-            let mut entry = Entry {
+            let mut entry = Box::new(Entry {
                 seq: task.seq,
                 status: task.status,
                 request: task.request,
@@ -56,7 +56,7 @@ impl TaskTable {
                 spec: None,
                 cancel: CancellationToken::new(),
                 cancel_reason: None,
-            };
+            });
             let state = entry.status.state;
             if state.is_final() {
                 inner.tasks.insert(id.clone(), entry);
@@ -72,7 +72,7 @@ impl TaskTable {
             let requeue = state == TaskState::Queued || rerun_interrupted;
             match (requeue, spec) {
                 (true, Ok(spec)) => {
-                    entry.spec = Some(spec);
+                    entry.spec = Some(Box::new(spec));
                     if state == TaskState::Running {
                         entry.status.state = TaskState::Queued;
                         entry.status.started_at = None;

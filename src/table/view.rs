@@ -84,6 +84,7 @@ impl TaskTable {
         let mut entries: Vec<&Entry> = inner
             .tasks
             .values()
+            .map(Box::as_ref)
             .filter(|e| state.is_none_or(|s| e.status.state == s))
             .filter(|e| cursor.is_none_or(|c| e.seq < c))
             .collect();
@@ -123,7 +124,7 @@ impl TaskTable {
         let inner = self.lock();
         let live = inner.live.subscribe();
         let now = Utc::now();
-        let mut entries: Vec<&Entry> = inner.tasks.values().collect();
+        let mut entries: Vec<&Entry> = inner.tasks.values().map(Box::as_ref).collect();
         entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
         let tasks = entries
             .into_iter()
