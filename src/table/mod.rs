@@ -78,12 +78,17 @@ struct Entry {
     status: TaskStatus,
     request: Option<RequestSummary>,
     log: VecDeque<String>,
-    /// The request, while the task waits to run (boxed: most entries are
-    /// finished ones, kept small for a long history).
-    spec: Option<Box<TaskSpec>>,
-    cancel: CancellationToken,
+    /// What only an unfinished task needs (boxed: most entries are finished
+    /// ones, kept small for a long history).
+    pending: Option<Box<Pending>>,
     /// Why a running task was told to stop; becomes its `error_message`.
     cancel_reason: Option<String>,
+}
+
+/// The request of a queued or running task and the token that stops it.
+struct Pending {
+    spec: TaskSpec,
+    cancel: CancellationToken,
 }
 
 struct Inner {
@@ -176,8 +181,10 @@ impl TaskTable {
                 status: status.clone(),
                 request,
                 log: VecDeque::new(),
-                spec: Some(Box::new(spec)),
-                cancel: CancellationToken::new(),
+                pending: Some(Box::new(Pending {
+                    spec,
+                    cancel: CancellationToken::new(),
+                })),
                 cancel_reason: None,
             }),
         );
@@ -291,7 +298,7 @@ impl TaskTable {
         };
         status.output = outcome.output;
         status.output_per_host = outcome.output_per_host;
-        entry.spec = None;
+        entry.pending = None;
         let status = status.clone();
         inner.settings.metrics.task_finished(status.state, run);
         inner.emit(&status);
@@ -404,8 +411,7 @@ impl Inner {
                 status: status.clone(),
                 request,
                 log: VecDeque::new(),
-                spec: None,
-                cancel: CancellationToken::new(),
+                pending: None,
                 cancel_reason: None,
             }),
         );
@@ -433,8 +439,8 @@ impl Inner {
             if entry.status.state != TaskState::Queued {
                 continue;
             }
-            if let Some(spec) = entry.spec.as_deref().cloned() {
-                return Some((spec, entry.cancel.clone()));
+            if let Some(pending) = &entry.pending {
+                return Some((pending.spec.clone(), pending.cancel.clone()));
             }
         }
         None
@@ -450,8 +456,9 @@ impl Inner {
         entry.status.state = TaskState::Cancelled;
         entry.status.completed_at = Some(Utc::now());
         entry.status.error_message = Some(reason.to_owned());
-        entry.spec = None;
-        entry.cancel.cancel();
+        if let Some(pending) = entry.pending.take() {
+            pending.cancel.cancel();
+        }
         let status = entry.status.clone();
         self.settings
             .metrics
@@ -466,7 +473,9 @@ impl Entry {
     /// Tells the run of a running task to stop, keeping the first reason.
     fn stop(&mut self, reason: &str) {
         self.cancel_reason.get_or_insert_with(|| reason.to_owned());
-        self.cancel.cancel();
+        if let Some(pending) = &self.pending {
+            pending.cancel.cancel();
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Entry, TaskTable};
+use super::{Entry, Pending, TaskTable};
 use crate::journal::StoredTask;
 use crate::model::{Counters, TaskState};
 
@@ -53,8 +53,7 @@ impl TaskTable {
                 status: task.status,
                 request: task.request,
                 log: VecDeque::new(),
-                spec: None,
-                cancel: CancellationToken::new(),
+                pending: None,
                 cancel_reason: None,
             });
             let state = entry.status.state;
@@ -72,7 +71,10 @@ impl TaskTable {
             let requeue = state == TaskState::Queued || rerun_interrupted;
             match (requeue, spec) {
                 (true, Ok(spec)) => {
-                    entry.spec = Some(Box::new(spec));
+                    entry.pending = Some(Box::new(Pending {
+                        spec,
+                        cancel: CancellationToken::new(),
+                    }));
                     if state == TaskState::Running {
                         entry.status.state = TaskState::Queued;
                         entry.status.started_at = None;

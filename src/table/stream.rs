@@ -75,7 +75,7 @@ impl Inner {
             Some(journal) => journal.record(Record {
                 seq: entry.seq,
                 spec: match snapshot.state {
-                    TaskState::Queued => entry.spec.as_deref().cloned(),
+                    TaskState::Queued => entry.pending.as_ref().map(|p| p.spec.clone()),
                     _ => None,
                 },
                 // Progress updates need not repeat what the row already has.
