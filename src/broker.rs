@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings, Strategy};
+use rumqttd::{ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, Strategy};
 
 use crate::config::BrokerConfig;
 
@@ -49,7 +49,8 @@ pub enum BrokerError {
 
 /// Starts the broker on its own thread and returns once every listener
 /// accepts connections. Installs the panic policy for broker threads.
-pub fn start(config: &BrokerConfig) -> Result<(), BrokerError> {
+/// `requests_topic` is where the worker's task requests arrive.
+pub fn start(config: &BrokerConfig, requests_topic: &str) -> Result<(), BrokerError> {
     let listeners: Vec<SocketAddr> = std::iter::once(config.listen)
         .chain(config.listen_v4)
         .collect();
@@ -61,7 +62,7 @@ pub fn start(config: &BrokerConfig) -> Result<(), BrokerError> {
         })?;
     }
     install_panic_policy();
-    let rumqttd_config = rumqttd_config(config);
+    let rumqttd_config = rumqttd_config(config, requests_topic);
     std::thread::Builder::new()
         .name("broker".into())
         .spawn(move || {
@@ -124,8 +125,9 @@ fn install_panic_policy() {
     }));
 }
 
-/// The rumqttd configuration for `[broker]`.
-fn rumqttd_config(config: &BrokerConfig) -> rumqttd::Config {
+/// The rumqttd configuration for `[broker]`, with task requests arriving on
+/// `requests_topic`.
+fn rumqttd_config(config: &BrokerConfig, requests_topic: &str) -> rumqttd::Config {
     let auth = (!config.users.is_empty()).then(|| {
         config
             .users
@@ -155,11 +157,17 @@ fn rumqttd_config(config: &BrokerConfig) -> rumqttd::Config {
         v4
     });
     // Segments hold delivered messages per filter in memory, each message
-    // pinning the whole read buffer it arrived in: cap them so the broker
-    // stays small after a burst, but keep room for a maximum-size payload per
-    // segment and, over the 4 + 1 segments, for thousands of statuses a slow
-    // subscriber has yet to read (it loses what falls off the log).
+    // pinning the whole read buffer it arrived in, and a subscriber that
+    // falls behind the oldest segment silently loses what fell off. Status
+    // filters: small, so the broker stays small after a burst, yet room for a
+    // maximum-size payload per segment and thousands of statuses over the
+    // 4 + 1 segments. Requests: 4 times that, since a burst is published
+    // faster than the worker records it, and a lost request is a lost task.
     let max_segment_size = (1024 * 1024).max(config.max_payload_size);
+    let requests = SegmentConfig {
+        max_segment_size: 4 * max_segment_size,
+        max_segment_count: 4,
+    };
     rumqttd::Config {
         id: 0,
         router: RouterConfig {
@@ -169,7 +177,7 @@ fn rumqttd_config(config: &BrokerConfig) -> rumqttd::Config {
             max_outgoing_packet_count: 200,
             max_segment_size,
             max_segment_count: 4,
-            custom_segment: None,
+            custom_segment: Some(HashMap::from([(requests_topic.to_owned(), requests)])),
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
         },
@@ -201,7 +209,7 @@ mod tests {
 
     #[test]
     fn listeners_limits_and_segments_come_from_the_config() {
-        let config = rumqttd_config(&broker_config());
+        let config = rumqttd_config(&broker_config(), "ansible/lab/tasks");
         let v5 = &config.v5.as_ref().unwrap()["v5"];
         assert_eq!(v5.listen, "127.0.0.1:1883".parse().unwrap());
         assert_eq!(v5.connections.max_payload_size, 1024 * 1024);
@@ -212,6 +220,9 @@ mod tests {
         let segment = config.router.max_segment_size;
         assert!(segment >= v5.connections.max_payload_size);
         assert!(segment * (config.router.max_segment_count + 1) >= 4 * 1024 * 1024);
+        // The request filter keeps a burst of 10,000 requests of 1 KiB.
+        let requests = &config.router.custom_segment.as_ref().unwrap()["ansible/lab/tasks"];
+        assert!(requests.max_segment_size * requests.max_segment_count >= 10_000 * 1024);
     }
 
     #[test]
@@ -220,7 +231,7 @@ mod tests {
         broker
             .users
             .insert("worker".into(), Secret::new("pw".to_owned()));
-        let config = rumqttd_config(&broker);
+        let config = rumqttd_config(&broker, "ansible/lab/tasks");
         for listeners in [config.v5.unwrap(), config.v4.unwrap()] {
             for server in listeners.values() {
                 let auth = server.connections.auth.as_ref().unwrap();
@@ -235,7 +246,7 @@ mod tests {
         let mut config = broker_config();
         config.listen = taken.local_addr().unwrap();
         config.listen_v4 = None;
-        let error = start(&config).unwrap_err();
+        let error = start(&config, "ansible/lab/tasks").unwrap_err();
         assert!(matches!(error, BrokerError::Bind { .. }));
         assert!(error.to_string().contains(&config.listen.to_string()));
     }

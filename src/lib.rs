@@ -87,7 +87,8 @@ pub enum StartError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let worker = &config.worker;
     if config.broker.enabled {
-        broker::start(&config.broker)?;
+        let requests = mqtt::topics::Topics::of(worker).tasks();
+        broker::start(&config.broker, &requests)?;
     }
     let state_dir = prepare_state_dir(&worker.state_dir)?;
     let runtime_dir = state_dir.join(format!("runtime-{}", worker.worker_id));

@@ -45,13 +45,7 @@ impl MqttSide {
     /// `table`.
     pub fn start(config: &Config, table: &TaskTable) -> Result<Self, ClientError> {
         let worker = &config.worker;
-        let topics = Topics::new(
-            &worker.topic_prefix,
-            &worker.group_name,
-            &worker.worker_id,
-            worker.shared_subscription,
-            worker.suffix_status_with_worker_id,
-        );
+        let topics = Topics::of(worker);
         let presence = Presence {
             topic: topics.presence(),
             worker_id: worker.worker_id.clone(),

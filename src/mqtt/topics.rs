@@ -1,5 +1,7 @@
 //! Topic names of PROTOCOL.md, in one place.
 
+use crate::config::WorkerConfig;
+
 /// Topic builder for one worker of one group.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -26,6 +28,17 @@ impl Topics {
             shared,
             suffix_status_with_worker_id,
         }
+    }
+
+    /// The topics of the worker `worker` configures.
+    pub fn of(worker: &WorkerConfig) -> Self {
+        Topics::new(
+            &worker.topic_prefix,
+            &worker.group_name,
+            &worker.worker_id,
+            worker.shared_subscription,
+            worker.suffix_status_with_worker_id,
+        )
     }
 
     /// `P/G/tasks`: where controllers publish requests.
