@@ -213,10 +213,7 @@ async fn start_http(
         table: table.clone(),
         client: mqtt.client(),
         topics: mqtt.topics().clone(),
-        policy: Arc::new(intake::IntakePolicy {
-            playbook_directory: worker.playbook_directory.clone(),
-            allow_ansible_vars: worker.allow_ansible_vars,
-        }),
+        policy: Arc::new(intake::IntakePolicy::of(worker)),
         link: mqtt.link_state(),
         info: Arc::new(http::WorkerInfo {
             worker_id: worker.worker_id.clone(),

@@ -19,6 +19,12 @@ use super::{
     WorkerConfig, invalid,
 };
 
+/// `worker.max_request_size` when the file does not say (1 MiB).
+pub const DEFAULT_MAX_REQUEST_SIZE: usize = 1024 * 1024;
+/// `worker.inventory_plugins` when the file does not say: Ansible's plugins
+/// that only read files, so no inventory is ever executed.
+pub const DEFAULT_INVENTORY_PLUGINS: [&str; 4] = ["host_list", "ini", "yaml", "toml"];
+
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
 impl RawConfig {
@@ -206,6 +212,12 @@ impl Checker<'_> {
             ),
             git_path: self.program("worker.git_path", raw.git_path, "git"),
             allow_ansible_vars: raw.allow_ansible_vars.unwrap_or(false),
+            max_request_size: self.at_least(
+                "worker.max_request_size",
+                raw.max_request_size.unwrap_or(DEFAULT_MAX_REQUEST_SIZE),
+                1024,
+            ),
+            inventory_plugins: self.inventory_plugins(raw.inventory_plugins),
             state_dir,
             history_limit: self.at_least(
                 "worker.history_limit",
@@ -421,12 +433,55 @@ impl Checker<'_> {
         if token_for_reads && token.is_none() {
             self.invalid("http.token_for_reads", "needs http.token".to_owned());
         }
+        let allowed_hosts = raw
+            .allowed_hosts
+            .unwrap_or_default()
+            .into_iter()
+            .map(|host| {
+                let bad = host.is_empty()
+                    || host
+                        .chars()
+                        .any(|c| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+                if bad {
+                    self.invalid(
+                        "http.allowed_hosts",
+                        format!("{host:?} is not a host name (letters, digits, '.', '-')"),
+                    );
+                }
+                host.to_ascii_lowercase()
+            })
+            .collect();
         HttpConfig {
             enabled,
             listen,
             token,
             token_for_reads,
+            allowed_hosts,
         }
+    }
+
+    /// `worker.inventory_plugins`: non-empty plugin names without commas.
+    fn inventory_plugins(&mut self, raw: Option<Vec<String>>) -> Vec<String> {
+        const KEY: &str = "worker.inventory_plugins";
+        let Some(plugins) = raw else {
+            return DEFAULT_INVENTORY_PLUGINS.map(str::to_owned).to_vec();
+        };
+        if plugins.is_empty() {
+            self.invalid(KEY, "must name at least one inventory plugin");
+        }
+        for plugin in &plugins {
+            let bad = plugin.is_empty()
+                || plugin
+                    .chars()
+                    .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+            if bad {
+                self.invalid(
+                    KEY,
+                    format!("{plugin:?} is not a plugin name (letters, digits, '.', '_', '-')"),
+                );
+            }
+        }
+        plugins
     }
 }
 

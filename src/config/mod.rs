@@ -33,6 +33,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use check::{DEFAULT_INVENTORY_PLUGINS, DEFAULT_MAX_REQUEST_SIZE};
 use env::expand_env;
 use raw::RawConfig;
 
@@ -81,8 +82,14 @@ pub struct WorkerConfig {
     pub ansible_playbook_path: PathBuf,
     /// The `git` program (for `git_pull`): a bare name is looked up on `PATH`.
     pub git_path: PathBuf,
-    /// Allow `extra_vars` keys starting with `ansible_`.
+    /// Allow `extra_vars` keys starting with `ansible_` and names Ansible reserves.
     pub allow_ansible_vars: bool,
+    /// Largest task request payload in bytes; a bigger one with a readable
+    /// `task_id` ends `failed` ("Request too large").
+    pub max_request_size: usize,
+    /// The inventory plugins a run may use (`ANSIBLE_INVENTORY_ENABLED`);
+    /// without `script` or `auto`, no inventory file is executed.
+    pub inventory_plugins: Vec<String>,
     /// Directory for the journal and runtime files (created at start if missing).
     pub state_dir: PathBuf,
     /// Finished tasks kept in the task table and dashboard (at least 1).
@@ -150,6 +157,9 @@ pub struct HttpConfig {
     pub token: Option<Secret>,
     /// Require the token for reads (API, dashboard data, events) too.
     pub token_for_reads: bool,
+    /// Host names accepted in the `Host` header besides IP literals and
+    /// `localhost` (lower case, without port).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A password or token: `Debug` and `Display` print `***`, so it never lands in a log.

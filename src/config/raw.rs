@@ -40,6 +40,8 @@ pub(super) struct RawWorker {
     pub(super) history_limit: Option<usize>,
     pub(super) rerun_interrupted: Option<bool>,
     pub(super) status_expiry: Option<u64>,
+    pub(super) max_request_size: Option<usize>,
+    pub(super) inventory_plugins: Option<Vec<String>>,
 }
 
 /// `[mqtt]`.
@@ -77,4 +79,5 @@ pub(super) struct RawHttp {
     pub(super) listen: Option<String>,
     pub(super) token: Option<String>,
     pub(super) token_for_reads: Option<bool>,
+    pub(super) allowed_hosts: Option<Vec<String>>,
 }

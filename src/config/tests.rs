@@ -44,6 +44,8 @@ fn defaults_are_applied_when_keys_are_absent() {
     assert_eq!(w.ansible_playbook_path, Path::new("ansible-playbook"));
     assert_eq!(w.git_path, Path::new("git"));
     assert!(!w.allow_ansible_vars);
+    assert_eq!(w.max_request_size, 1_048_576);
+    assert_eq!(w.inventory_plugins, ["host_list", "ini", "yaml", "toml"]);
     assert_eq!(w.state_dir, dir.path().join("var"));
     let m = &config.mqtt;
     assert_eq!((m.host.as_deref(), m.port), (None, 1883));
@@ -55,6 +57,29 @@ fn defaults_are_applied_when_keys_are_absent() {
     assert_eq!(config.broker.max_payload_size, 1_048_576);
     assert!(!config.http.enabled && config.http.token.is_none());
     assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+    assert!(config.http.allowed_hosts.is_empty());
+}
+
+#[test]
+fn request_size_plugins_and_hosts_are_checked() {
+    let dir = base();
+    let text = format!(
+        "{MINIMAL}max_request_size = 10\ninventory_plugins = [\"ini\", \"a,b\"]\n\
+         [http]\nallowed_hosts = [\"Lab.Example\", \"evil/x\"]\n"
+    );
+    let errors = messages(load(&text, dir.path()));
+    assert!(
+        errors.iter().any(|e| e.contains("worker.max_request_size")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("\"a,b\"")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("\"evil/x\"")),
+        "{errors:?}"
+    );
+    let text = format!("{MINIMAL}\n[http]\nallowed_hosts = [\"Lab.Example\"]\n");
+    let config = load(&text, dir.path()).unwrap();
+    assert_eq!(config.http.allowed_hosts, ["lab.example"]);
 }
 
 #[test]

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::config::WorkerConfig;
 use crate::model::TaskSpec;
 use extra_vars::extra_vars;
 use paths::{inventory, playbook};
@@ -77,16 +78,30 @@ pub struct IntakePolicy {
     pub playbook_directory: PathBuf,
     /// `worker.allow_ansible_vars`: accept top-level `ansible_*` extra vars.
     pub allow_ansible_vars: bool,
+    /// `worker.max_request_size`: larger payloads are refused.
+    pub max_request_size: usize,
 }
 
 impl IntakePolicy {
     /// A policy for `playbook_directory`, canonicalised here so the
-    /// inside-the-directory checks compare like with like.
+    /// inside-the-directory checks compare like with like; other settings
+    /// take their defaults.
     pub fn new(playbook_directory: &Path, allow_ansible_vars: bool) -> io::Result<IntakePolicy> {
         Ok(IntakePolicy {
             playbook_directory: playbook_directory.canonicalize()?,
             allow_ansible_vars,
+            max_request_size: crate::config::DEFAULT_MAX_REQUEST_SIZE,
         })
+    }
+
+    /// The policy `worker` configures (its playbook directory is canonical
+    /// already).
+    pub fn of(worker: &WorkerConfig) -> IntakePolicy {
+        IntakePolicy {
+            playbook_directory: worker.playbook_directory.clone(),
+            allow_ansible_vars: worker.allow_ansible_vars,
+            max_request_size: worker.max_request_size,
+        }
     }
 }
 

@@ -84,10 +84,7 @@ impl MqttSide {
         ));
         let inbound = Inbound {
             table: table.clone(),
-            policy: IntakePolicy {
-                playbook_directory: worker.playbook_directory.clone(),
-                allow_ansible_vars: worker.allow_ansible_vars,
-            },
+            policy: IntakePolicy::of(worker),
             topics: topics.clone(),
             replies,
             acks,
