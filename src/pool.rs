@@ -50,11 +50,11 @@ pub async fn dispatch(
             },
             _ = stop.cancelled() => return,
         };
+        // Taking a task and marking it running is one step of the table.
         let (spec, cancel) = tokio::select! {
-            next = table.next_queued() => next,
+            next = table.start_next() => next,
             _ = stop.cancelled() => return,
         };
-        table.mark_running(&spec.task_id);
         let table = table.clone();
         let runner = runner.clone();
         runs.spawn(async move {

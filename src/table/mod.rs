@@ -6,7 +6,7 @@
 //! streams: a lossless, ordered one per subscriber (the MQTT status
 //! publisher) and a lossy broadcast for live views (`view`: the HTTP API and
 //! its event stream). It does not run anything: the pool takes queued tasks
-//! from it and reports back.
+//! from it and reports back. Every state change goes through `lifecycle`.
 //!
 //! With a [`Journal`] configured, every change is handed to it and the
 //! lossless stream carries what the journal committed (a status leaves the
@@ -17,6 +17,7 @@
 //! The state lives behind a `std::sync::Mutex` that is only held for short,
 //! synchronous updates, never across an `.await`.
 
+mod lifecycle;
 mod outcomes;
 mod restore;
 mod stream;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::Journal;
 use crate::metrics::{Metrics, Refusal};
 use crate::model::{Counters, Inventory, TaskSpec, TaskState, TaskStatus};
+use lifecycle::Ending;
 use view::{LiveEvent, RejectedRequest, RequestSummary};
 
 /// Lines of Ansible output kept per task.
@@ -152,43 +154,31 @@ impl TaskTable {
         }
         let id = spec.task_id.clone();
         let request = Some(inner.summary(&spec));
-        let worker_id = inner.settings.worker_id.clone();
         if !inner.accepting {
-            let status = TaskStatus {
-                error_message: Some("Worker is shutting down".into()),
-                ..TaskStatus::new(&id, &worker_id, TaskState::Cancelled)
-            };
             inner.settings.metrics.refused(Refusal::ShuttingDown);
-            inner.insert_final(status, request);
+            let ending = Ending::Stopped {
+                state: TaskState::Cancelled,
+                reason: "Worker is shutting down".into(),
+            };
+            inner.insert_ended(&id, request, ending);
             return Admission::ShuttingDown;
         }
         if inner.queue.len() >= inner.settings.max_queue_size {
-            let message = format!("Queue full (max: {})", inner.settings.max_queue_size);
-            let status = TaskStatus {
-                error_message: Some(message),
-                ..TaskStatus::new(&id, &worker_id, TaskState::Failed)
-            };
             inner.settings.metrics.refused(Refusal::QueueFull);
-            inner.insert_final(status, request);
+            let ending = Ending::Stopped {
+                state: TaskState::Failed,
+                reason: format!("Queue full (max: {})", inner.settings.max_queue_size),
+            };
+            inner.insert_ended(&id, request, ending);
             return Admission::QueueFull;
         }
-        let status = TaskStatus::new(&id, &worker_id, TaskState::Queued);
-        let seq = inner.take_seq();
-        inner.tasks.insert(
-            id.clone(),
-            Box::new(Entry {
-                seq,
-                status: status.clone(),
-                request,
-                log: VecDeque::new(),
-                pending: Some(Box::new(Pending {
-                    spec,
-                    cancel: CancellationToken::new(),
-                })),
-                cancel_reason: None,
-            }),
-        );
-        inner.emit(&status);
+        let status = TaskStatus::new(&id, &inner.settings.worker_id, TaskState::Queued);
+        let pending = Pending {
+            spec,
+            cancel: CancellationToken::new(),
+        };
+        inner.insert(status, request, Some(pending));
+        inner.emit(&id);
         inner.queue.push_back(id);
         drop(inner);
         self.queued_signal.notify_one();
@@ -202,13 +192,13 @@ impl TaskTable {
         if inner.republish(task_id) {
             return Admission::Duplicate;
         }
-        let status = TaskStatus {
-            error_message: Some(reason.to_owned()),
-            ..TaskStatus::new(task_id, &inner.settings.worker_id, TaskState::Failed)
-        };
         inner.settings.metrics.refused(Refusal::Invalid);
         inner.record_rejected(Some(task_id), reason);
-        inner.insert_final(status, None);
+        let ending = Ending::Stopped {
+            state: TaskState::Failed,
+            reason: reason.to_owned(),
+        };
+        inner.insert_ended(task_id, None, ending);
         Admission::Refused
     }
 
@@ -236,28 +226,19 @@ impl TaskTable {
         });
     }
 
-    /// Waits for the oldest queued task and takes it off the queue, with the
-    /// token that cancels it. Cancelled queued tasks are skipped.
-    pub async fn next_queued(&self) -> (TaskSpec, CancellationToken) {
+    /// Waits for the oldest queued task, takes it off the queue and marks it
+    /// running in one step (a cancel comes before or after, never between);
+    /// its request and the token that cancels its run. Tasks that ended
+    /// while queued are skipped. Cancel-safe: dropped before it resolved, it
+    /// took nothing.
+    pub async fn start_next(&self) -> (TaskSpec, CancellationToken) {
         loop {
             let signalled = self.queued_signal.notified();
-            if let Some(next) = self.lock().pop_queued() {
+            if let Some(next) = self.lock().start_next() {
                 return next;
             }
             signalled.await;
         }
-    }
-
-    /// Marks a taken task as running.
-    pub fn mark_running(&self, task_id: &str) {
-        let mut inner = self.lock();
-        let Some(entry) = inner.tasks.get_mut(task_id) else {
-            return;
-        };
-        entry.status.state = TaskState::Running;
-        entry.status.started_at = Some(Utc::now());
-        let status = entry.status.clone();
-        inner.emit(&status);
     }
 
     /// Updates the live counters of a running task.
@@ -270,39 +251,13 @@ impl TaskTable {
             return;
         }
         entry.status.counters = counters;
-        let status = entry.status.clone();
-        inner.emit(&status);
+        inner.emit(task_id);
     }
 
-    /// Records the final state of a run. A task reaches a final state once.
+    /// Records the final state of a run. A task reaches a final state once:
+    /// a task that already ended keeps its status.
     pub fn finish(&self, task_id: &str, outcome: RunOutcome) {
-        let mut inner = self.lock();
-        let Some(entry) = inner.tasks.get_mut(task_id) else {
-            return;
-        };
-        if entry.status.state.is_final() {
-            return;
-        }
-        let status = &mut entry.status;
-        status.state = outcome.state;
-        let completed = Utc::now();
-        status.completed_at = Some(completed);
-        let run = status
-            .started_at
-            .and_then(|started| (completed - started).to_std().ok());
-        status.return_code = outcome.return_code;
-        status.counters = outcome.counters;
-        status.error_message = match (outcome.state, entry.cancel_reason.take()) {
-            (TaskState::Cancelled, Some(reason)) => Some(reason),
-            _ => outcome.error_message,
-        };
-        status.output = outcome.output;
-        status.output_per_host = outcome.output_per_host;
-        entry.pending = None;
-        let status = status.clone();
-        inner.settings.metrics.task_finished(status.state, run);
-        inner.emit(&status);
-        inner.remember_finished(task_id.to_owned());
+        self.lock().end(task_id, Ending::Ran(outcome));
     }
 
     /// Cancels one task: a queued one ends `cancelled` at once, a running one
@@ -314,7 +269,11 @@ impl TaskTable {
         };
         match entry.status.state {
             TaskState::Queued => {
-                inner.cancel_queued(task_id, reason);
+                let ending = Ending::Stopped {
+                    state: TaskState::Cancelled,
+                    reason: reason.to_owned(),
+                };
+                inner.end(task_id, ending);
                 Cancel::Dequeued
             }
             TaskState::Running => {
@@ -332,7 +291,11 @@ impl TaskTable {
         inner.accepting = false;
         let queued: Vec<String> = inner.queue.drain(..).collect();
         for id in queued {
-            inner.cancel_queued(&id, "Worker is shutting down");
+            let ending = Ending::Stopped {
+                state: TaskState::Cancelled,
+                reason: "Worker is shutting down".into(),
+            };
+            inner.end(&id, ending);
         }
         for entry in inner.tasks.values_mut() {
             if entry.status.state == TaskState::Running {
@@ -400,23 +363,33 @@ impl Inner {
         });
     }
 
-    fn insert_final(&mut self, status: TaskStatus, request: Option<RequestSummary>) {
-        let id = status.task_id.clone();
+    /// Holds a new task (numbered after every other one), not streamed yet.
+    fn insert(
+        &mut self,
+        status: TaskStatus,
+        request: Option<RequestSummary>,
+        pending: Option<Pending>,
+    ) {
         let seq = self.take_seq();
-        self.settings.metrics.task_finished(status.state, None);
         self.tasks.insert(
-            id.clone(),
+            status.task_id.clone(),
             Box::new(Entry {
                 seq,
-                status: status.clone(),
+                status,
                 request,
                 log: VecDeque::new(),
-                pending: None,
+                pending: pending.map(Box::new),
                 cancel_reason: None,
             }),
         );
-        self.emit(&status);
-        self.remember_finished(id);
+    }
+
+    /// Holds a request that ends at once (a refusal): it enters as queued,
+    /// unseen, and ends like any other task.
+    fn insert_ended(&mut self, id: &str, request: Option<RequestSummary>, ending: Ending) {
+        let status = TaskStatus::new(id, &self.settings.worker_id, TaskState::Queued);
+        self.insert(status, request, None);
+        self.end(id, ending);
     }
 
     fn remember_finished(&mut self, id: String) {
@@ -429,43 +402,6 @@ impl Inner {
                 }
             }
         }
-    }
-
-    fn pop_queued(&mut self) -> Option<(TaskSpec, CancellationToken)> {
-        while let Some(id) = self.queue.pop_front() {
-            let Some(entry) = self.tasks.get(&id) else {
-                continue;
-            };
-            if entry.status.state != TaskState::Queued {
-                continue;
-            }
-            if let Some(pending) = &entry.pending {
-                return Some((pending.spec.clone(), pending.cancel.clone()));
-            }
-        }
-        None
-    }
-
-    fn cancel_queued(&mut self, id: &str, reason: &str) {
-        let Some(entry) = self.tasks.get_mut(id) else {
-            return;
-        };
-        if entry.status.state != TaskState::Queued {
-            return;
-        }
-        entry.status.state = TaskState::Cancelled;
-        entry.status.completed_at = Some(Utc::now());
-        entry.status.error_message = Some(reason.to_owned());
-        if let Some(pending) = entry.pending.take() {
-            pending.cancel.cancel();
-        }
-        let status = entry.status.clone();
-        self.settings
-            .metrics
-            .task_finished(TaskState::Cancelled, None);
-        self.queue.retain(|queued| queued != id);
-        self.emit(&status);
-        self.remember_finished(id.to_owned());
     }
 }
 

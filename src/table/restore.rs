@@ -15,9 +15,9 @@
 
 use std::collections::VecDeque;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use super::lifecycle::Ending;
 use super::{Entry, Pending, TaskTable};
 use crate::journal::StoredTask;
 use crate::model::{Counters, TaskState};
@@ -75,6 +75,9 @@ impl TaskTable {
                         spec,
                         cancel: CancellationToken::new(),
                     }));
+                    // An interrupted run enters the queue afresh; this is
+                    // the journaled row coming back, not a live task
+                    // changing state.
                     if state == TaskState::Running {
                         entry.status.state = TaskState::Queued;
                         entry.status.started_at = None;
@@ -82,30 +85,22 @@ impl TaskTable {
                     }
                     inner.tasks.insert(id.clone(), entry);
                     if state == TaskState::Running {
-                        let status = inner.tasks[&id].status.clone();
-                        inner.emit(&status);
+                        inner.emit(&id);
                     }
                     inner.queue.push_back(id);
                     restored.queued += 1;
                 }
                 (requeue, spec) => {
-                    let message = match spec {
+                    let reason = match spec {
                         Err(e) if requeue => e,
                         _ => INTERRUPTED.to_owned(),
                     };
-                    let status = &mut entry.status;
-                    status.state = TaskState::Failed;
-                    status.completed_at = Some(Utc::now());
-                    status.return_code = None;
-                    status.error_message = Some(message);
-                    let status = status.clone();
                     inner.tasks.insert(id.clone(), entry);
-                    inner
-                        .settings
-                        .metrics
-                        .task_finished(TaskState::Failed, None);
-                    inner.emit(&status);
-                    inner.remember_finished(id);
+                    let ending = Ending::Stopped {
+                        state: TaskState::Failed,
+                        reason,
+                    };
+                    inner.end(&id, ending);
                     restored.ended += 1;
                 }
             }

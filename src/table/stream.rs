@@ -61,13 +61,13 @@ impl Inner {
         true
     }
 
-    /// Records a change and sends it to every subscriber and to live views.
-    /// The entry must already hold `status`.
-    pub(super) fn emit(&mut self, status: &TaskStatus) {
-        let snapshot = status.at(Utc::now());
-        let Some(entry) = self.tasks.get(&status.task_id) else {
+    /// Records the current status of a held task and sends it to every
+    /// subscriber and to live views.
+    pub(super) fn emit(&mut self, task_id: &str) {
+        let Some(entry) = self.tasks.get(task_id) else {
             return;
         };
+        let snapshot = entry.status.at(Utc::now());
         let _ = self
             .live
             .send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));

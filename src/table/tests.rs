@@ -33,9 +33,8 @@ async fn states_flow_queued_running_final_once() {
     let table = table(10, 10);
     let mut rx = table.subscribe();
     assert_eq!(table.submit(spec("a")), Admission::Queued);
-    let (taken, _) = table.next_queued().await;
+    let (taken, _) = table.start_next().await;
     assert_eq!(taken.task_id, "a");
-    table.mark_running("a");
     table.progress(
         "a",
         Counters {
@@ -78,8 +77,7 @@ async fn shutdown_cancels_queued_and_signals_running() {
     let table = table(10, 10);
     table.submit(spec("a"));
     table.submit(spec("b"));
-    let (_, token) = table.next_queued().await;
-    table.mark_running("a");
+    let (_, token) = table.start_next().await;
     table.shutdown();
     assert!(token.is_cancelled());
     assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
@@ -92,8 +90,7 @@ async fn cancel_ends_a_queued_task_and_signals_a_running_one() {
     let table = table(10, 10);
     table.submit(spec("a"));
     table.submit(spec("b"));
-    let (_, token) = table.next_queued().await;
-    table.mark_running("a");
+    let (_, token) = table.start_next().await;
     assert_eq!(table.cancel("b", "Cancelled by request"), Cancel::Dequeued);
     assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
     assert_eq!(table.cancel("a", "Cancelled by request"), Cancel::Stopping);
@@ -106,10 +103,82 @@ async fn cancel_ends_a_queued_task_and_signals_a_running_one() {
     assert_eq!(a.error_message.as_deref(), Some("Cancelled by request"));
     assert_eq!(table.cancel("b", "again"), Cancel::AlreadyFinished);
     assert_eq!(table.cancel("zz", "x"), Cancel::Unknown);
-    // A cancelled queued task is never handed to the pool.
-    table.submit(spec("c"));
-    let (next, _) = table.next_queued().await;
-    assert_eq!(next.task_id, "c");
+}
+
+/// The finals each task was streamed with.
+fn finals(seen: &[(String, TaskState)], id: &str) -> Vec<TaskState> {
+    seen.iter()
+        .filter(|(task, state)| task == id && state.is_final())
+        .map(|(_, state)| *state)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cancel_after_the_start_ends_the_run_with_one_final_status() {
+    let table = table(10, 10);
+    let mut rx = table.subscribe();
+    table.submit(spec("a"));
+    let (_, token) = table.start_next().await;
+    // The cancel finds the task running: it stops the run, it does not end
+    // the task itself.
+    assert_eq!(table.cancel("a", "Cancelled by request"), Cancel::Stopping);
+    assert!(token.is_cancelled());
+    assert_eq!(table.status("a").unwrap().state, TaskState::Running);
+    table.finish(
+        "a",
+        RunOutcome::refused(TaskState::Cancelled, "killed".into()),
+    );
+    // A late report of the same run changes nothing.
+    table.finish("a", RunOutcome::refused(TaskState::Success, "x".into()));
+    use TaskState::*;
+    let seen = drain(&mut rx);
+    assert_eq!(
+        seen.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        [Queued, Running, Cancelled]
+    );
+    let a = table.status("a").unwrap();
+    assert_eq!(a.error_message.as_deref(), Some("Cancelled by request"));
+}
+
+#[tokio::test]
+async fn a_cancel_before_the_start_keeps_the_task_from_the_pool() {
+    let table = table(10, 10);
+    let mut rx = table.subscribe();
+    table.submit(spec("a"));
+    table.submit(spec("b"));
+    assert_eq!(table.cancel("a", "Cancelled by request"), Cancel::Dequeued);
+    let (next, _) = table.start_next().await;
+    assert_eq!(next.task_id, "b");
+    assert!(table.lock().start_next().is_none(), "nothing else to start");
+    let seen = drain(&mut rx);
+    assert_eq!(finals(&seen, "a"), [TaskState::Cancelled]);
+    assert!(
+        !seen.contains(&("a".to_owned(), TaskState::Running)),
+        "{seen:?}"
+    );
+    // An ended task cannot start or end again.
+    let mut inner = table.lock();
+    let again = Ending::Stopped {
+        state: TaskState::Failed,
+        reason: "again".into(),
+    };
+    assert!(!inner.end("a", again));
+}
+
+#[tokio::test]
+async fn shutdown_while_a_task_is_taken_ends_it_once() {
+    let table = table(10, 10);
+    let mut rx = table.subscribe();
+    table.submit(spec("a"));
+    let (_, token) = table.start_next().await;
+    table.shutdown();
+    assert!(token.is_cancelled());
+    table.finish(
+        "a",
+        RunOutcome::refused(TaskState::Cancelled, "killed".into()),
+    );
+    let seen = drain(&mut rx);
+    assert_eq!(finals(&seen, "a"), [TaskState::Cancelled]);
 }
 
 #[test]
@@ -149,8 +218,7 @@ async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
     before.submit(spec("interrupted"));
     before.submit(spec("waiting-1"));
     before.submit(spec("waiting-2"));
-    let (taken, _) = before.next_queued().await;
-    before.mark_running(&taken.task_id);
+    before.start_next().await;
     close(before).await;
 
     let (after, stored) = journaled_table(dir.path(), 10);
@@ -170,9 +238,9 @@ async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
     assert_eq!(interrupted.return_code, None);
     assert!(interrupted.started_at.is_some() && interrupted.completed_at.is_some());
     // Queued tasks run in their old order, with their full request.
-    let (first, _) = after.next_queued().await;
+    let (first, _) = after.start_next().await;
     assert_eq!(first, spec("waiting-1"));
-    let (second, _) = after.next_queued().await;
+    let (second, _) = after.start_next().await;
     assert_eq!(second.task_id, "waiting-2");
     // Every held id is still known: a redelivered request does not run again.
     assert_eq!(after.submit(spec("done")), Admission::Duplicate);
@@ -183,6 +251,8 @@ async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
         changed,
         [
             ("interrupted".to_owned(), TaskState::Failed),
+            ("waiting-1".to_owned(), TaskState::Running),
+            ("waiting-2".to_owned(), TaskState::Running),
             ("done".to_owned(), TaskState::Failed),
             ("interrupted".to_owned(), TaskState::Failed),
         ]
@@ -199,8 +269,7 @@ async fn rerun_interrupted_queues_the_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let (before, _) = journaled_table(dir.path(), 10);
     before.submit(spec("a"));
-    before.next_queued().await;
-    before.mark_running("a");
+    before.start_next().await;
     before.progress(
         "a",
         Counters {
@@ -217,7 +286,7 @@ async fn rerun_interrupted_queues_the_run_again() {
         (a.state, a.started_at, a.counters),
         (TaskState::Queued, None, Counters::default())
     );
-    assert_eq!(after.next_queued().await.0, spec("a"));
+    assert_eq!(after.start_next().await.0, spec("a"));
 }
 
 #[tokio::test]
