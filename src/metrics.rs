@@ -1,7 +1,7 @@
 //! Process-wide counters and their Prometheus text rendering (`/metrics`).
 //!
 //! The task table records finals, refusals and run durations; the MQTT client
-//! records reconnects. Queue and running gauges are read from the table when
+//! records reconnects and ignored Response Topics. Queue and running gauges are read from the table when
 //! rendering, so nothing here keeps a second copy of task state.
 
 use std::fmt::Write;
@@ -61,6 +61,7 @@ pub struct Metrics {
     finals: [AtomicU64; 4],
     refusals: [AtomicU64; 5],
     reconnects: AtomicU64,
+    response_topics_ignored: AtomicU64,
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_count: AtomicU64,
     duration_sum_micros: AtomicU64,
@@ -96,6 +97,12 @@ impl Metrics {
     /// Counts a reconnect to the broker (every connect after the first).
     pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request whose MQTT 5 Response Topic was not used (the task
+    /// itself was not refused for it).
+    pub fn response_topic_ignored(&self) {
+        self.response_topics_ignored.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition, with the current queue gauges.
@@ -168,6 +175,17 @@ impl Metrics {
         );
         header(
             &mut out,
+            "ansible_worker_response_topics_ignored_total",
+            "counter",
+            "Requests whose MQTT 5 Response Topic was ignored (a filter, a $ topic or one of the worker's own).",
+        );
+        let _ = writeln!(
+            out,
+            "ansible_worker_response_topics_ignored_total {}",
+            load(&self.response_topics_ignored)
+        );
+        header(
+            &mut out,
             "ansible_worker_run_duration_seconds",
             "histogram",
             "Length of ansible-playbook runs.",
@@ -216,6 +234,7 @@ mod tests {
         metrics.task_finished(TaskState::Failed, None);
         metrics.refused(Refusal::QueueFull);
         metrics.reconnected();
+        metrics.response_topic_ignored();
         let text = metrics.render(3, 1);
         assert_eq!(
             value(&text, "ansible_worker_tasks_total{state=\"success\"}"),
@@ -234,6 +253,10 @@ mod tests {
         );
         assert_eq!(value(&text, "ansible_worker_tasks_queued"), 3.0);
         assert_eq!(value(&text, "ansible_worker_mqtt_reconnects_total"), 1.0);
+        assert_eq!(
+            value(&text, "ansible_worker_response_topics_ignored_total"),
+            1.0
+        );
         let bucket = |le: &str| {
             value(
                 &text,

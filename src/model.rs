@@ -1,9 +1,13 @@
 //! Wire types of PROTOCOL.md: the checked task request (`TaskSpec`), the task
-//! state machine (`TaskState`), the recap counters and the published status
-//! document (`TaskStatus`). Pure data and serde; no I/O happens here.
+//! state machine (`TaskState`), the recap counters, the published status
+//! document (`TaskStatus`) and where a status goes besides its status topic
+//! (`Delivery`, `ReplyRoute`). Pure data and serde; no I/O happens here.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
@@ -173,6 +177,34 @@ pub struct TaskStatus {
     pub output_per_host: Map<String, Value>,
     /// The worker that owns the task (extension).
     pub worker_id: String,
+    /// Where this snapshot goes besides the status topic; set by the task
+    /// table, not part of the document.
+    #[serde(skip)]
+    pub delivery: Delivery,
+}
+
+/// Where a requester asked for a task's statuses to be sent as well: an MQTT
+/// 5 request's Response Topic (already checked) and its Correlation Data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRoute {
+    /// The Response Topic.
+    pub topic: String,
+    /// The Correlation Data, copied back.
+    pub correlation: Option<Bytes>,
+}
+
+/// Where one status snapshot is delivered besides its status topic.
+///
+/// The task table sets it on every snapshot it streams, so a status carries
+/// its route to the publisher even after the table ended the task and let
+/// the route go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The reply route this snapshot is also published to.
+    pub reply: Option<Arc<ReplyRoute>>,
+    /// A re-publication for a duplicate request: the task did not change,
+    /// and `reply` is the duplicate's own route, for this snapshot only.
+    pub repeat: bool,
 }
 
 impl TaskStatus {
@@ -192,6 +224,7 @@ impl TaskStatus {
             output: Map::new(),
             output_per_host: Map::new(),
             worker_id: worker_id.to_owned(),
+            delivery: Delivery::default(),
         }
     }
 

@@ -30,11 +30,11 @@ use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::publisher::{ReplyRoute, ReplyRoutes};
 use super::topics::Topics;
 use super::window::PublishWindow;
 use crate::config::{Config, TlsConfig};
 use crate::intake::{IntakePolicy, Refusal, parse_request};
+use crate::model::ReplyRoute;
 use crate::table::{Cancel, TaskTable};
 
 /// Largest packet the client accepts: the broker limit (1 MiB) plus headroom
@@ -192,8 +192,6 @@ pub struct Inbound {
     pub policy: IntakePolicy,
     /// Topic names.
     pub topics: Topics,
-    /// Response Topic routes of MQTT 5 requests.
-    pub replies: ReplyRoutes,
     /// Received messages waiting for their acknowledgement.
     pub acks: mpsc::UnboundedSender<PendingAck>,
     /// Room for the status publisher's publishes.
@@ -362,24 +360,17 @@ fn receive(
         Err(Refusal::Invalid { task_id, .. }) => Some(task_id.as_str()),
         Err(Refusal::Unaddressable { .. }) => None,
     };
-    // Registered before the table sees the task, so even `queued` is sent.
-    if let (Some(task_id), Some(properties)) = (task_id, &publish.properties)
-        && let Some(route) = ReplyRoute::requested(
-            properties.response_topic.as_deref(),
-            properties.correlation_data.as_ref(),
-        )
-    {
-        inbound.replies.register(task_id, route);
-    }
+    // The table owns the route: it takes it only with the task it admits.
+    let reply = task_id.and_then(|task_id| reply_route(inbound, publish, task_id));
     match parsed {
         Ok(spec) => {
             let id = spec.task_id.clone();
-            let admission = inbound.table.submit(spec);
+            let admission = inbound.table.submit(spec, reply);
             tracing::info!(task_id = %id, ?admission, "task request");
         }
         Err(Refusal::Invalid { task_id, reason }) => {
             tracing::warn!(task_id = %task_id, "task request refused: {reason}");
-            inbound.table.refuse(&task_id, &reason);
+            inbound.table.refuse(&task_id, &reason, reply);
         }
         Err(Refusal::Unaddressable { reason }) => {
             tracing::warn!("task request rejected without a status: {reason}");
@@ -388,6 +379,27 @@ fn receive(
         }
     }
     Some(inbound.table.journaled())
+}
+
+/// Characters of an ignored Response Topic shown in the log.
+const SHOWN_TOPIC_CHARS: usize = 120;
+
+/// The reply route a request asked for with its MQTT 5 Response Topic, if
+/// that topic may be used (PROTOCOL.md); an unusable one is logged and
+/// counted, and the task goes on without replies.
+fn reply_route(inbound: &Inbound, publish: &Publish, task_id: &str) -> Option<ReplyRoute> {
+    let properties = publish.properties.as_ref()?;
+    let topic = properties.response_topic.as_deref()?;
+    if let Err(why) = inbound.topics.check_response_topic(topic) {
+        inbound.table.metrics().response_topic_ignored();
+        let shown: String = topic.chars().take(SHOWN_TOPIC_CHARS).collect();
+        tracing::warn!(task_id, topic = ?shown, "ignoring the request's response topic: {why}");
+        return None;
+    }
+    Some(ReplyRoute {
+        topic: topic.to_owned(),
+        correlation: properties.correlation_data.clone(),
+    })
 }
 
 /// Longest cancel reason kept in a status.

@@ -21,7 +21,7 @@ use crate::intake::IntakePolicy;
 use crate::table::TaskTable;
 use client::{ClientError, Inbound, LinkState};
 use presence::Presence;
-use publisher::{PublisherSettings, ReplyRoutes};
+use publisher::PublisherSettings;
 use topics::Topics;
 use window::PublishWindow;
 
@@ -56,14 +56,12 @@ impl MqttSide {
         options.set_last_will(presence.last_will());
         let (client, eventloop) = client::client(options);
         let (link_tx, link_rx) = watch::channel(LinkState::default());
-        let replies = ReplyRoutes::default();
         let window = PublishWindow::default();
         let changes = table.subscribe();
         let publisher = tokio::spawn(publisher::publish_statuses(
             client.clone(),
             PublisherSettings {
                 topics: topics.clone(),
-                replies: replies.clone(),
                 status_expiry: worker.status_expiry,
                 in_flight_window: config.mqtt.keepalive * 3,
                 window: window.clone(),
@@ -86,7 +84,6 @@ impl MqttSide {
             table: table.clone(),
             policy: IntakePolicy::of(worker),
             topics: topics.clone(),
-            replies,
             acks,
             window,
         };

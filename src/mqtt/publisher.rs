@@ -16,94 +16,35 @@
 //! counted from its completion, so brokers drop old task topics; a final
 //! status whose expiry has passed is not published again.
 //!
-//! MQTT 5 request/response (PROTOCOL.md extension): when a request carried a
-//! Response Topic, every status of that task is also published there (QoS 1,
-//! not retained) with the request's Correlation Data; [`ReplyRoutes`] holds
-//! those routes until the task's final status went out.
+//! MQTT 5 request/response (PROTOCOL.md extension): a status whose
+//! [`Delivery`] names a reply route is also published there (QoS 1, not
+//! retained) with the request's Correlation Data. The task table owns the
+//! routes and puts them on the statuses it streams; the publisher keeps none
+//! of its own. A repeat for a duplicate request goes to the duplicate's route
+//! once and never replaces what is kept of the task.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::client::LinkState;
 use super::topics::Topics;
 use super::window::PublishWindow;
-use crate::model::TaskStatus;
-use bytes::Bytes;
+use crate::model::{Delivery, TaskStatus};
 
 /// How often statuses that surely reached the broker are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
-
-/// Longest response topic honoured.
-const MAX_RESPONSE_TOPIC: usize = 1024;
-
-/// Where a requester asked for a task's statuses to be sent as well.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyRoute {
-    /// The request's Response Topic.
-    pub topic: String,
-    /// The request's Correlation Data, copied back.
-    pub correlation: Option<Bytes>,
-}
-
-impl ReplyRoute {
-    /// The route a request asked for, if its Response Topic is usable (a
-    /// topic name, not a filter).
-    pub fn requested(topic: Option<&str>, correlation: Option<&Bytes>) -> Option<Self> {
-        let topic = topic?;
-        let usable = !topic.is_empty()
-            && topic.len() <= MAX_RESPONSE_TOPIC
-            && !topic.contains(['+', '#', '\0']);
-        if !usable {
-            tracing::warn!("ignoring an unusable response topic");
-            return None;
-        }
-        Some(ReplyRoute {
-            topic: topic.to_owned(),
-            correlation: correlation.cloned(),
-        })
-    }
-}
-
-/// Reply routes by task id, shared by the inbound side (which registers a
-/// route before the table sees the task) and the publisher.
-#[derive(Debug, Clone, Default)]
-pub struct ReplyRoutes(Arc<Mutex<HashMap<String, ReplyRoute>>>);
-
-impl ReplyRoutes {
-    /// Sends `task_id`'s statuses to `route` too, from now on.
-    pub fn register(&self, task_id: &str, route: ReplyRoute) {
-        self.lock().insert(task_id.to_owned(), route);
-    }
-
-    fn route(&self, status: &TaskStatus) -> Option<ReplyRoute> {
-        let mut routes = self.lock();
-        if status.state.is_final() {
-            routes.remove(&status.task_id)
-        } else {
-            routes.get(&status.task_id).cloned()
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ReplyRoute>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// What the publisher needs besides its streams.
 #[derive(Clone)]
 pub struct PublisherSettings {
     /// Topic names.
     pub topics: Topics,
-    /// Response Topic routes.
-    pub replies: ReplyRoutes,
     /// Message expiry of final statuses (`worker.status_expiry`).
     pub status_expiry: Option<Duration>,
     /// How long after sending a status may still be lost with the connection.
@@ -152,7 +93,7 @@ pub async fn publish_statuses(
                     publish(&client, &settings, &status).await;
                     sent = Some(Instant::now());
                 }
-                latest.insert(status.task_id.clone(), Box::new(Latest { status, sent }));
+                remember(&mut latest, status, sent);
             }
             changed = link.changed() => {
                 if changed.is_err() {
@@ -180,6 +121,24 @@ pub async fn publish_statuses(
             _ = prune.tick() => forget_delivered(&mut latest, settings.in_flight_window),
         }
     }
+}
+
+/// Keeps `status` as its task's newest. A repeat for a duplicate request
+/// changed nothing: what is kept of the task (with the task's own reply
+/// route) stays; if nothing is, it is kept without the duplicate's route, so
+/// a catch-up after a reconnect does not send it there again.
+fn remember(
+    latest: &mut HashMap<String, Box<Latest>>,
+    mut status: TaskStatus,
+    sent: Option<Instant>,
+) {
+    if status.delivery.repeat {
+        if latest.contains_key(&status.task_id) {
+            return;
+        }
+        status.delivery = Delivery::default();
+    }
+    latest.insert(status.task_id.clone(), Box::new(Latest { status, sent }));
 }
 
 /// Drops final statuses sent longer than `window` ago on a connection that
@@ -211,7 +170,6 @@ async fn publish(client: &AsyncClient, settings: &PublisherSettings, status: &Ta
     if expiry == Some(0) {
         return;
     }
-    let replies = &settings.replies;
     let topic = settings.topics.status(&status.task_id);
     let payload = status.to_json();
     settings.window.enter().await;
@@ -225,15 +183,16 @@ async fn publish(client: &AsyncClient, settings: &PublisherSettings, status: &Ta
     {
         tracing::warn!(task_id = %status.task_id, "cannot queue status publish: {e}");
     }
-    if let Some(route) = replies.route(status) {
+    if let Some(route) = &status.delivery.reply {
         settings.window.enter().await;
         let properties = PublishProperties {
-            correlation_data: route.correlation,
+            correlation_data: route.correlation.clone(),
             message_expiry_interval: expiry,
             ..PublishProperties::default()
         };
+        let topic = route.topic.clone();
         if let Err(e) = client
-            .publish_with_properties(route.topic, QoS::AtLeastOnce, false, payload, properties)
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
             .await
         {
             tracing::warn!(task_id = %status.task_id, "cannot queue a status reply: {e}");
@@ -244,17 +203,6 @@ async fn publish(client: &AsyncClient, settings: &PublisherSettings, status: &Ta
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_topic_names_become_reply_routes() {
-        let data = Bytes::from_static(b"abc");
-        let route = ReplyRoute::requested(Some("replies/me"), Some(&data)).unwrap();
-        assert_eq!(route.correlation, Some(data));
-        for bad in ["", "replies/+", "replies/#"] {
-            assert!(ReplyRoute::requested(Some(bad), None).is_none(), "{bad}");
-        }
-        assert!(ReplyRoute::requested(None, None).is_none());
-    }
 
     #[test]
     fn only_final_statuses_expire_counted_from_completion() {
@@ -272,15 +220,31 @@ mod tests {
     }
 
     #[test]
-    fn a_route_ends_with_the_final_status() {
-        let routes = ReplyRoutes::default();
-        let route = ReplyRoute::requested(Some("r"), None).unwrap();
-        routes.register("t", route.clone());
-        let mut status = TaskStatus::new("t", "w", crate::model::TaskState::Running);
-        assert_eq!(routes.route(&status), Some(route.clone()));
-        status.state = crate::model::TaskState::Success;
-        assert_eq!(routes.route(&status), Some(route));
-        assert_eq!(routes.route(&status), None);
+    fn a_repeat_for_a_duplicate_never_replaces_the_tasks_route() {
+        use crate::model::{ReplyRoute, TaskState};
+        use std::sync::Arc;
+        let route = |topic: &str| {
+            Some(Arc::new(ReplyRoute {
+                topic: topic.into(),
+                correlation: None,
+            }))
+        };
+        let status = |reply, repeat| TaskStatus {
+            delivery: Delivery { reply, repeat },
+            ..TaskStatus::new("t", "w", TaskState::Running)
+        };
+        let mut latest = HashMap::new();
+        remember(&mut latest, status(route("first"), false), None);
+        remember(&mut latest, status(route("second"), true), None);
+        assert_eq!(latest["t"].status.delivery.reply, route("first"));
+        // Nothing kept (a final delivered long ago): the repeat is kept for
+        // the status topic only.
+        latest.clear();
+        remember(&mut latest, status(route("second"), true), None);
+        assert_eq!(latest["t"].status.delivery, Delivery::default());
+        // A change replaces a repeat.
+        remember(&mut latest, status(route("first"), false), None);
+        assert_eq!(latest["t"].status.delivery.reply, route("first"));
     }
 
     #[test]

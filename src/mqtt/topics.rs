@@ -1,6 +1,35 @@
-//! Topic names of PROTOCOL.md, in one place.
+//! Topic names of PROTOCOL.md, in one place, and which topics a requester
+//! may name as its MQTT 5 Response Topic.
 
 use crate::config::WorkerConfig;
+
+/// Longest Response Topic honoured (bytes).
+const MAX_RESPONSE_TOPIC: usize = 1024;
+
+/// Why a request's Response Topic is not used (PROTOCOL.md: the task still
+/// runs, without replies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableResponseTopic {
+    /// An empty topic.
+    #[error("it is empty")]
+    Empty,
+    /// Longer than [`MAX_RESPONSE_TOPIC`].
+    #[error("it is longer than {MAX_RESPONSE_TOPIC} bytes")]
+    TooLong,
+    /// A filter (`+`, `#`), not a topic name.
+    #[error("it contains a wildcard")]
+    Wildcard,
+    /// A broker's own topic (`$SYS/...`, `$share/...`).
+    #[error("it starts with $")]
+    Broker,
+    /// A control character (NUL included).
+    #[error("it contains a control character")]
+    ControlCharacter,
+    /// Under `P/G/`: statuses sent there would reach the worker itself as
+    /// requests or cancels.
+    #[error("it lies under the worker's own topics")]
+    OwnTopic,
+}
 
 /// Topic builder for one worker of one group.
 #[derive(Debug, Clone)]
@@ -39,6 +68,29 @@ impl Topics {
             worker.shared_subscription,
             worker.suffix_status_with_worker_id,
         )
+    }
+
+    /// Checks a request's Response Topic: a plain topic name outside the
+    /// broker's `$` topics and outside this group's `P/G/`, where a status
+    /// would come back to the worker as a request (a feedback loop) or a
+    /// cancel (of another task).
+    pub fn check_response_topic(&self, topic: &str) -> Result<(), UnusableResponseTopic> {
+        let own = format!("{}/{}/", self.prefix, self.group);
+        if topic.is_empty() {
+            Err(UnusableResponseTopic::Empty)
+        } else if topic.len() > MAX_RESPONSE_TOPIC {
+            Err(UnusableResponseTopic::TooLong)
+        } else if topic.contains(['+', '#']) {
+            Err(UnusableResponseTopic::Wildcard)
+        } else if topic.starts_with('$') {
+            Err(UnusableResponseTopic::Broker)
+        } else if topic.chars().any(char::is_control) {
+            Err(UnusableResponseTopic::ControlCharacter)
+        } else if topic.starts_with(&own) {
+            Err(UnusableResponseTopic::OwnTopic)
+        } else {
+            Ok(())
+        }
     }
 
     /// `P/G/tasks`: where controllers publish requests.
@@ -123,6 +175,41 @@ mod tests {
         );
         assert_eq!(topics.cancelled_task("ansible/lab/tasks/a/b/cancel"), None);
         assert_eq!(topics.presence(), "ansible/lab/workers/w1");
+    }
+
+    #[test]
+    fn response_topics_outside_the_workers_own_are_usable() {
+        use UnusableResponseTopic::*;
+        let topics = Topics::new("ansible", "lab", "w1", true, false);
+        for usable in [
+            "replies/me",
+            "ansible/other-group/replies",
+            "ansible/lab",
+            "ansible/labx/tasks",
+            "x/ansible/lab/tasks",
+            "réponses/ü",
+        ] {
+            assert_eq!(topics.check_response_topic(usable), Ok(()), "{usable}");
+        }
+        let long = "r/".repeat(MAX_RESPONSE_TOPIC);
+        for (topic, why) in [
+            ("", Empty),
+            (long.as_str(), TooLong),
+            ("replies/+", Wildcard),
+            ("replies/#", Wildcard),
+            ("#", Wildcard),
+            ("$SYS/broker", Broker),
+            ("$share/g/replies", Broker),
+            ("replies/\0x", ControlCharacter),
+            ("replies/\nx", ControlCharacter),
+            ("ansible/lab/tasks", OwnTopic),
+            ("ansible/lab/tasks/other-id/cancel", OwnTopic),
+            ("ansible/lab/tasks/t1/status", OwnTopic),
+            ("ansible/lab/workers/w1", OwnTopic),
+            ("ansible/lab/", OwnTopic),
+        ] {
+            assert_eq!(topics.check_response_topic(topic), Err(why), "{topic:?}");
+        }
     }
 
     #[test]

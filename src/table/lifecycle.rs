@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use super::outcomes::RunOutcome;
-use crate::model::{TaskSpec, TaskState};
+use crate::model::{Delivery, TaskSpec, TaskState};
 
 /// How a task ends.
 #[derive(Debug)]
@@ -93,8 +93,8 @@ impl Inner {
 
     /// Ends a held task: sets its final state, completion time, exit code,
     /// counters and message; counts it; stops and drops what only an
-    /// unfinished task needs; streams the final status; moves it into the
-    /// history. False (nothing happens) if the task is not held or already
+    /// unfinished task needs; streams the final status (with the task's reply
+    /// route, which the task then drops); moves it into the history. False (nothing happens) if the task is not held or already
     /// final.
     pub(super) fn end(&mut self, id: &str, ending: Ending) -> bool {
         let Some(entry) = self.tasks.get_mut(id) else {
@@ -140,6 +140,11 @@ impl Inner {
         }
         self.settings.metrics.task_finished(to, run);
         self.emit(id);
+        // The final status carries the reply route on its way out; the task
+        // keeps none.
+        if let Some(entry) = self.tasks.get_mut(id) {
+            entry.status.delivery = Delivery::default();
+        }
         self.remember_finished(id.to_owned());
         true
     }

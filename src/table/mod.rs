@@ -14,6 +14,11 @@
 //! the table from what a previous process journaled (`restore`). How changes
 //! leave the table is `stream`; the answers of its operations, `outcomes`.
 //!
+//! A request's reply route (MQTT 5 Response Topic) belongs to its task
+//! here: it is set when the table admits the task, travels on every status
+//! the task streams, and is dropped when the task ends. A duplicate request
+//! gets the current status once on its own route and never moves the task's.
+//!
 //! The state lives behind a `std::sync::Mutex` that is only held for short,
 //! synchronous updates, never across an `.await`.
 
@@ -36,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
 use crate::metrics::{Metrics, Refusal};
-use crate::model::{Counters, Inventory, TaskSpec, TaskState, TaskStatus};
+use crate::model::{Counters, Delivery, Inventory, ReplyRoute, TaskSpec, TaskState, TaskStatus};
 use lifecycle::Ending;
 use view::{LiveEvent, RejectedRequest, RequestSummary};
 
@@ -146,10 +151,13 @@ impl TaskTable {
     }
 
     /// Accepts a checked request: queues it, or ends it at once when the
-    /// queue is full or the worker is stopping. A held id is never run twice.
-    pub fn submit(&self, spec: TaskSpec) -> Admission {
+    /// queue is full or the worker is stopping. Its statuses also go to
+    /// `reply`. A held id is never run twice: the duplicate gets the current
+    /// status (on its own `reply` too) and the task keeps its route.
+    pub fn submit(&self, spec: TaskSpec, reply: Option<ReplyRoute>) -> Admission {
+        let reply = reply.map(Arc::new);
         let mut inner = self.lock();
-        if inner.republish(&spec.task_id) {
+        if inner.republish(&spec.task_id, reply.clone()) {
             return Admission::Duplicate;
         }
         let id = spec.task_id.clone();
@@ -160,7 +168,7 @@ impl TaskTable {
                 state: TaskState::Cancelled,
                 reason: "Worker is shutting down".into(),
             };
-            inner.insert_ended(&id, request, ending);
+            inner.insert_ended(&id, request, reply, ending);
             return Admission::ShuttingDown;
         }
         if inner.queue.len() >= inner.settings.max_queue_size {
@@ -169,10 +177,11 @@ impl TaskTable {
                 state: TaskState::Failed,
                 reason: format!("Queue full (max: {})", inner.settings.max_queue_size),
             };
-            inner.insert_ended(&id, request, ending);
+            inner.insert_ended(&id, request, reply, ending);
             return Admission::QueueFull;
         }
-        let status = TaskStatus::new(&id, &inner.settings.worker_id, TaskState::Queued);
+        let mut status = TaskStatus::new(&id, &inner.settings.worker_id, TaskState::Queued);
+        status.delivery.reply = reply;
         let pending = Pending {
             spec,
             cancel: CancellationToken::new(),
@@ -186,10 +195,12 @@ impl TaskTable {
     }
 
     /// Records a request that had a usable id but broke a rule: one `failed`
-    /// status naming the reason. A held id keeps its status (re-published).
-    pub fn refuse(&self, task_id: &str, reason: &str) -> Admission {
+    /// status naming the reason, also sent to `reply`. A held id keeps its
+    /// status (re-published, as for [`TaskTable::submit`]).
+    pub fn refuse(&self, task_id: &str, reason: &str, reply: Option<ReplyRoute>) -> Admission {
+        let reply = reply.map(Arc::new);
         let mut inner = self.lock();
-        if inner.republish(task_id) {
+        if inner.republish(task_id, reply.clone()) {
             return Admission::Duplicate;
         }
         inner.settings.metrics.refused(Refusal::Invalid);
@@ -198,7 +209,7 @@ impl TaskTable {
             state: TaskState::Failed,
             reason: reason.to_owned(),
         };
-        inner.insert_ended(task_id, None, ending);
+        inner.insert_ended(task_id, None, reply, ending);
         Admission::Refused
     }
 
@@ -386,8 +397,18 @@ impl Inner {
 
     /// Holds a request that ends at once (a refusal): it enters as queued,
     /// unseen, and ends like any other task.
-    fn insert_ended(&mut self, id: &str, request: Option<RequestSummary>, ending: Ending) {
-        let status = TaskStatus::new(id, &self.settings.worker_id, TaskState::Queued);
+    fn insert_ended(
+        &mut self,
+        id: &str,
+        request: Option<RequestSummary>,
+        reply: Option<Arc<ReplyRoute>>,
+        ending: Ending,
+    ) {
+        let mut status = TaskStatus::new(id, &self.settings.worker_id, TaskState::Queued);
+        status.delivery = Delivery {
+            reply,
+            repeat: false,
+        };
         self.insert(status, request, None);
         self.end(id, ending);
     }

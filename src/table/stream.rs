@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
@@ -12,7 +13,7 @@ use super::view::LiveEvent;
 use super::{Inner, TaskTable};
 use crate::journal::Record;
 use crate::metrics::Refusal;
-use crate::model::{TaskState, TaskStatus};
+use crate::model::{Delivery, ReplyRoute, TaskState, TaskStatus};
 
 impl TaskTable {
     /// A stream of every status change from now on, in order (once
@@ -47,12 +48,18 @@ impl TaskTable {
 }
 
 impl Inner {
-    /// Sends a held task's current status again; false if it is not held.
-    pub(super) fn republish(&mut self, task_id: &str) -> bool {
+    /// Sends a held task's current status again, for a duplicate request:
+    /// once to the duplicate's own `reply` route (not the task's); false if
+    /// the task is not held.
+    pub(super) fn republish(&mut self, task_id: &str, reply: Option<Arc<ReplyRoute>>) -> bool {
         let Some(entry) = self.tasks.get(task_id) else {
             return false;
         };
-        let snapshot = entry.status.at(Utc::now());
+        let mut snapshot = entry.status.at(Utc::now());
+        snapshot.delivery = Delivery {
+            reply,
+            repeat: true,
+        };
         self.settings.metrics.refused(Refusal::Duplicate);
         match &self.settings.journal {
             Some(journal) => journal.relay(snapshot),

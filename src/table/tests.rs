@@ -32,7 +32,7 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<TaskStatus>) -> Vec<(String, TaskState
 async fn states_flow_queued_running_final_once() {
     let table = table(10, 10);
     let mut rx = table.subscribe();
-    assert_eq!(table.submit(spec("a")), Admission::Queued);
+    assert_eq!(table.submit(spec("a"), None), Admission::Queued);
     let (taken, _) = table.start_next().await;
     assert_eq!(taken.task_id, "a");
     table.progress(
@@ -54,9 +54,9 @@ async fn states_flow_queued_running_final_once() {
 async fn duplicate_id_is_not_queued_again_and_republishes() {
     let table = table(10, 10);
     let mut rx = table.subscribe();
-    table.submit(spec("a"));
-    assert_eq!(table.submit(spec("a")), Admission::Duplicate);
-    assert_eq!(table.refuse("a", "bad"), Admission::Duplicate);
+    table.submit(spec("a"), None);
+    assert_eq!(table.submit(spec("a"), None), Admission::Duplicate);
+    assert_eq!(table.refuse("a", "bad", None), Admission::Duplicate);
     assert_eq!(drain(&mut rx).len(), 3);
     assert_eq!(table.load(), (1, 0));
     assert_eq!(table.status("a").unwrap().state, TaskState::Queued);
@@ -65,8 +65,8 @@ async fn duplicate_id_is_not_queued_again_and_republishes() {
 #[test]
 fn queue_full_fails_with_the_limit_in_the_message() {
     let table = table(1, 10);
-    table.submit(spec("a"));
-    assert_eq!(table.submit(spec("b")), Admission::QueueFull);
+    table.submit(spec("a"), None);
+    assert_eq!(table.submit(spec("b"), None), Admission::QueueFull);
     let b = table.status("b").unwrap();
     assert_eq!(b.state, TaskState::Failed);
     assert_eq!(b.error_message.as_deref(), Some("Queue full (max: 1)"));
@@ -75,21 +75,21 @@ fn queue_full_fails_with_the_limit_in_the_message() {
 #[tokio::test]
 async fn shutdown_cancels_queued_and_signals_running() {
     let table = table(10, 10);
-    table.submit(spec("a"));
-    table.submit(spec("b"));
+    table.submit(spec("a"), None);
+    table.submit(spec("b"), None);
     let (_, token) = table.start_next().await;
     table.shutdown();
     assert!(token.is_cancelled());
     assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
     assert_eq!(table.status("a").unwrap().state, TaskState::Running);
-    assert_eq!(table.submit(spec("c")), Admission::ShuttingDown);
+    assert_eq!(table.submit(spec("c"), None), Admission::ShuttingDown);
 }
 
 #[tokio::test]
 async fn cancel_ends_a_queued_task_and_signals_a_running_one() {
     let table = table(10, 10);
-    table.submit(spec("a"));
-    table.submit(spec("b"));
+    table.submit(spec("a"), None);
+    table.submit(spec("b"), None);
     let (_, token) = table.start_next().await;
     assert_eq!(table.cancel("b", "Cancelled by request"), Cancel::Dequeued);
     assert_eq!(table.status("b").unwrap().state, TaskState::Cancelled);
@@ -117,7 +117,7 @@ fn finals(seen: &[(String, TaskState)], id: &str) -> Vec<TaskState> {
 async fn a_cancel_after_the_start_ends_the_run_with_one_final_status() {
     let table = table(10, 10);
     let mut rx = table.subscribe();
-    table.submit(spec("a"));
+    table.submit(spec("a"), None);
     let (_, token) = table.start_next().await;
     // The cancel finds the task running: it stops the run, it does not end
     // the task itself.
@@ -144,8 +144,8 @@ async fn a_cancel_after_the_start_ends_the_run_with_one_final_status() {
 async fn a_cancel_before_the_start_keeps_the_task_from_the_pool() {
     let table = table(10, 10);
     let mut rx = table.subscribe();
-    table.submit(spec("a"));
-    table.submit(spec("b"));
+    table.submit(spec("a"), None);
+    table.submit(spec("b"), None);
     assert_eq!(table.cancel("a", "Cancelled by request"), Cancel::Dequeued);
     let (next, _) = table.start_next().await;
     assert_eq!(next.task_id, "b");
@@ -169,7 +169,7 @@ async fn a_cancel_before_the_start_keeps_the_task_from_the_pool() {
 async fn shutdown_while_a_task_is_taken_ends_it_once() {
     let table = table(10, 10);
     let mut rx = table.subscribe();
-    table.submit(spec("a"));
+    table.submit(spec("a"), None);
     let (_, token) = table.start_next().await;
     table.shutdown();
     assert!(token.is_cancelled());
@@ -185,7 +185,7 @@ async fn shutdown_while_a_task_is_taken_ends_it_once() {
 fn history_is_bounded() {
     let table = table(10, 2);
     for id in ["a", "b", "c"] {
-        table.refuse(id, "bad");
+        table.refuse(id, "bad", None);
     }
     assert!(table.status("a").is_none());
     assert!(table.status("c").is_some());
@@ -214,10 +214,10 @@ async fn close(table: TaskTable) {
 async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (before, _) = journaled_table(dir.path(), 10);
-    before.refuse("done", "bad");
-    before.submit(spec("interrupted"));
-    before.submit(spec("waiting-1"));
-    before.submit(spec("waiting-2"));
+    before.refuse("done", "bad", None);
+    before.submit(spec("interrupted"), None);
+    before.submit(spec("waiting-1"), None);
+    before.submit(spec("waiting-2"), None);
     before.start_next().await;
     close(before).await;
 
@@ -243,8 +243,11 @@ async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
     let (second, _) = after.start_next().await;
     assert_eq!(second.task_id, "waiting-2");
     // Every held id is still known: a redelivered request does not run again.
-    assert_eq!(after.submit(spec("done")), Admission::Duplicate);
-    assert_eq!(after.submit(spec("interrupted")), Admission::Duplicate);
+    assert_eq!(after.submit(spec("done"), None), Admission::Duplicate);
+    assert_eq!(
+        after.submit(spec("interrupted"), None),
+        Admission::Duplicate
+    );
     after.journaled().await;
     let changed: Vec<_> = drain(&mut changes);
     assert_eq!(
@@ -258,7 +261,7 @@ async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
         ]
     );
     // New tasks are numbered after the restored ones.
-    after.submit(spec("new"));
+    after.submit(spec("new"), None);
     let statuses = after.statuses();
     assert_eq!(statuses.last().unwrap().task_id, "new");
     assert_eq!(statuses.first().unwrap().task_id, "done");
@@ -268,7 +271,7 @@ async fn a_restart_requeues_queued_tasks_and_ends_interrupted_runs() {
 async fn rerun_interrupted_queues_the_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let (before, _) = journaled_table(dir.path(), 10);
-    before.submit(spec("a"));
+    before.submit(spec("a"), None);
     before.start_next().await;
     before.progress(
         "a",
@@ -294,7 +297,7 @@ async fn the_restored_history_keeps_its_limit_and_the_journal_follows() {
     let dir = tempfile::tempdir().unwrap();
     let (before, _) = journaled_table(dir.path(), 5);
     for n in 0..5 {
-        before.refuse(&format!("t{n}"), "bad");
+        before.refuse(&format!("t{n}"), "bad", None);
     }
     close(before).await;
     let (after, stored) = journaled_table(dir.path(), 2);
@@ -305,4 +308,108 @@ async fn the_restored_history_keeps_its_limit_and_the_journal_follows() {
     let (_, stored) = journaled_table(dir.path(), 2);
     let ids: Vec<_> = stored.iter().map(|t| t.status.task_id.clone()).collect();
     assert_eq!(ids, ["t3", "t4"]);
+}
+
+fn route(topic: &str) -> Option<ReplyRoute> {
+    Some(ReplyRoute {
+        topic: topic.into(),
+        correlation: Some(bytes::Bytes::from(format!("corr-{topic}"))),
+    })
+}
+
+/// State, reply topic and repeat flag of every streamed status.
+fn deliveries(
+    rx: &mut mpsc::UnboundedReceiver<TaskStatus>,
+) -> Vec<(TaskState, Option<String>, bool)> {
+    let mut seen = vec![];
+    while let Ok(s) = rx.try_recv() {
+        let reply = s.delivery.reply.as_ref().map(|r| r.topic.clone());
+        seen.push((s.state, reply, s.delivery.repeat));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn the_admitted_request_owns_the_route_and_a_duplicate_gets_one_status_on_its_own() {
+    let table = table(10, 10);
+    let mut rx = table.subscribe();
+    table.submit(spec("a"), route("first"));
+    assert_eq!(
+        table.submit(spec("a"), route("second")),
+        Admission::Duplicate
+    );
+    table.start_next().await;
+    assert_eq!(table.submit(spec("a"), None), Admission::Duplicate);
+    assert_eq!(
+        table.refuse("a", "bad", route("third")),
+        Admission::Duplicate
+    );
+    table.finish("a", RunOutcome::refused(TaskState::Failed, "x".into()));
+    // The final status carried the route out; the ended task holds none.
+    assert_eq!(table.status("a").unwrap().delivery, Delivery::default());
+    assert_eq!(table.submit(spec("a"), route("late")), Admission::Duplicate);
+    let some = |t: &str| Some(t.to_owned());
+    use TaskState::*;
+    assert_eq!(
+        deliveries(&mut rx),
+        [
+            (Queued, some("first"), false),
+            (Queued, some("second"), true),
+            (Running, some("first"), false),
+            (Running, None, true),
+            (Running, some("third"), true),
+            (Failed, some("first"), false),
+            (Failed, some("late"), true),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_request_gets_its_one_status_on_its_route() {
+    let table = table(1, 10);
+    let mut rx = table.subscribe();
+    table.refuse("bad", "Invalid playbook", route("r1"));
+    table.submit(spec("a"), None);
+    assert_eq!(table.submit(spec("b"), route("r2")), Admission::QueueFull);
+    table.shutdown();
+    assert_eq!(
+        table.submit(spec("c"), route("r3")),
+        Admission::ShuttingDown
+    );
+    let some = |t: &str| Some(t.to_owned());
+    use TaskState::*;
+    assert_eq!(
+        deliveries(&mut rx),
+        [
+            (Failed, some("r1"), false),
+            (Queued, None, false),
+            (Failed, some("r2"), false),
+            (Cancelled, None, false),
+            (Cancelled, some("r3"), false),
+        ]
+    );
+    for id in ["bad", "b", "c"] {
+        assert_eq!(table.status(id).unwrap().delivery, Delivery::default());
+    }
+}
+
+#[tokio::test]
+async fn routes_travel_through_the_journal_but_are_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, _) = journaled_table(dir.path(), 10);
+    let mut rx = before.subscribe();
+    before.submit(spec("a"), route("first"));
+    before.submit(spec("a"), route("second"));
+    before.journaled().await;
+    let some = |t: &str| Some(t.to_owned());
+    assert_eq!(
+        deliveries(&mut rx),
+        [
+            (TaskState::Queued, some("first"), false),
+            (TaskState::Queued, some("second"), true),
+        ]
+    );
+    close(before).await;
+    let (_, stored) = journaled_table(dir.path(), 10);
+    assert_eq!(stored[0].status.delivery, Delivery::default());
 }
