@@ -13,7 +13,7 @@ pub enum UnusableResponseTopic {
     /// An empty topic.
     #[error("it is empty")]
     Empty,
-    /// Longer than [`MAX_RESPONSE_TOPIC`].
+    /// Longer than 1024 bytes (`MAX_RESPONSE_TOPIC`).
     #[error("it is longer than {MAX_RESPONSE_TOPIC} bytes")]
     TooLong,
     /// A filter (`+`, `#`), not a topic name.

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
 use crate::metrics::{Metrics, Refusal};
-use crate::model::{Counters, Delivery, Inventory, ReplyRoute, TaskSpec, TaskState, TaskStatus};
+use crate::model::{Counters, Inventory, ReplyRoute, TaskSpec, TaskState, TaskStatus};
 use lifecycle::Ending;
 use view::{LiveEvent, RejectedRequest, RequestSummary};
 
@@ -405,10 +405,7 @@ impl Inner {
         ending: Ending,
     ) {
         let mut status = TaskStatus::new(id, &self.settings.worker_id, TaskState::Queued);
-        status.delivery = Delivery {
-            reply,
-            repeat: false,
-        };
+        status.delivery.reply = reply;
         self.insert(status, request, None);
         self.end(id, ending);
     }

@@ -13,7 +13,7 @@ fn table(max_queue_size: usize, history_limit: usize) -> TaskTable {
         journal: None,
     })
 }
-use crate::model::Inventory;
+use crate::model::{Delivery, Inventory};
 
 fn spec(id: &str) -> TaskSpec {
     let inventory = Inventory::Inline("localhost,".into());
