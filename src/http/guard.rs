@@ -74,7 +74,7 @@ pub async fn check(
 
 /// The decision for one request: its method, headers, the host of an
 /// absolute-form request line (if any), and the configured extra names.
-pub fn verdict(
+fn verdict(
     method: &Method,
     headers: &HeaderMap,
     host_in_line: Option<&str>,
