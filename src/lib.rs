@@ -226,6 +226,7 @@ async fn start_http(
         }),
         token: config.http.token.clone(),
         token_for_reads: config.http.token_for_reads,
+        allowed_hosts: config.http.allowed_hosts.clone().into(),
         shutdown: shutdown.clone(),
     };
     tracing::info!(%addr, "serving the dashboard and API");

@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: the appliance (example config, embedded
 //! broker, free ports) serves `web/`, and Debian's Chromium, driven over
 //! WebDriver by `chromedriver`, submits tasks through the form, follows them
-//! live over SSE without a reload, opens the detail panel and cancels a run.
+//! live over SSE without a reload, opens the detail panel and cancels a run,
+//! while a page of another origin fails to cancel it.
 //!
 //! Chromium and ChromeDriver come from `scripts/setup`; without them this test
 //! fails (it never skips). It leaves `target/dashboard-screenshot.png` (and a
@@ -10,6 +11,7 @@
 mod common;
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,20 @@ async fn drive(browser: &Client, url: &str) -> Result<()> {
         Ok(log.contains("TASK [First third]").then_some(()))
     })
     .await?;
+    // A page on another origin tries what any web page could: a no-cors
+    // POST without a body to the cancel URL. The browser sends it; the
+    // worker must refuse it.
+    let cancel_url = format!("{url}api/tasks/{slow}/cancel");
+    let sent = from_elsewhere(
+        browser,
+        "const [url, done] = arguments; \
+         fetch(url, {method: 'POST', mode: 'no-cors'}) \
+           .then(() => done('answered'), (e) => done(`failed: ${e}`));",
+        vec![json!(cancel_url)],
+    )
+    .await?;
+    ensure!(sent == json!("answered"), "the cross-site fetch: {sent}");
+
     let cancel = Locator::Css("button[data-action='cancel']");
     let button = row(browser, &slow).await?.find(cancel).await?;
     button.click().await.context("arm the cancel button")?;
@@ -135,6 +151,19 @@ async fn drive(browser: &Client, url: &str) -> Result<()> {
     );
     button.click().await.context("confirm the cancel")?;
     wait_for_state(browser, &slow, "cancelled").await?;
+    // Ended by the dashboard's own cancel, not by the other page's.
+    let ended = browser
+        .execute_async(
+            "const [id, done] = arguments; \
+             fetch(`api/tasks/${encodeURIComponent(id)}`).then((r) => r.json()) \
+               .then((task) => done(task.error_message), (e) => done(`failed: ${e}`));",
+            vec![json!(slow)],
+        )
+        .await?;
+    ensure!(
+        ended == json!("Cancelled: cancelled from the dashboard"),
+        "{slow} ended with {ended}"
+    );
     let hidden = script(
         browser,
         "return document.querySelector('#detail-cancel').hidden;",
@@ -169,6 +198,49 @@ async fn drive(browser: &Client, url: &str) -> Result<()> {
     );
     save_screenshot(browser, "dashboard-screenshot-phone.png").await?;
     Ok(())
+}
+
+/// Runs the async `code` in a new tab showing a page of another origin (a
+/// loopback server of the test's own), closes the tab and returns to the
+/// dashboard; what `code` passed to its callback.
+async fn from_elsewhere(browser: &Client, code: &str, args: Vec<Value>) -> Result<Value> {
+    let elsewhere = serve_elsewhere();
+    let dashboard = browser.window().await?;
+    let tab = browser.new_window(true).await?;
+    browser.switch_to_window(tab.handle).await?;
+    browser
+        .goto(&elsewhere)
+        .await
+        .context("open the other page")?;
+    let outcome = browser.execute_async(code, args).await;
+    browser.close_window().await?;
+    browser.switch_to_window(dashboard).await?;
+    Ok(outcome?)
+}
+
+/// A plain page on a free loopback port (another origin than the
+/// dashboard's); its URL. The thread serves until the test process ends.
+fn serve_elsewhere() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        const PAGE: &str = "<!doctype html><title>elsewhere</title><p>another site";
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{PAGE}",
+                PAGE.len()
+            );
+        }
+    });
+    url
 }
 
 /// Fills the form and submits it; the task id the page reports.

@@ -26,9 +26,15 @@ fn with_token(config: &str, for_reads: bool) -> String {
     )
 }
 
+/// A token as `openssl rand -base64` makes them: `+ / =` must survive the
+/// query string of the live stream.
+const BASE64_TOKEN: &str = "s3cret+Token/ForTests==";
+/// [`BASE64_TOKEN`] as `encodeURIComponent` writes it into a URL.
+const BASE64_TOKEN_IN_URL: &str = "s3cret%2BToken%2FForTests%3D%3D";
+
 #[test]
 fn bearer_token_guards_writes_and_optionally_reads() {
-    const TOKEN: &str = "s3cretTokenForTests";
+    const TOKEN: &str = BASE64_TOKEN;
     let env = [("ANSIBLE_WORKER_TOKEN", TOKEN)];
     let bearer = format!("Bearer {TOKEN}");
     let request = hello("guarded").to_string();
@@ -47,15 +53,27 @@ fn bearer_token_guards_writes_and_optionally_reads() {
         let reply = http.post_as("/api/tasks", &request, authorization);
         let message = reply.error(401);
         assert!(message.contains("token"), "{message}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
         let reply = http.post_as("/api/tasks/guarded/cancel", "{}", authorization);
         reply.error(401);
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
     }
     // The query-string token is for EventSource reads only.
-    http.post(&format!("/api/tasks?access_token={TOKEN}"), &request)
-        .error(401);
+    http.post(
+        &format!("/api/tasks?access_token={BASE64_TOKEN_IN_URL}"),
+        &request,
+    )
+    .error(401);
+    // The scheme is case-insensitive (RFC 9110).
+    for scheme in ["bearer", "BEARER"] {
+        let authorization = format!("{scheme} {TOKEN}");
+        let reply = http.post_as("/api/tasks/never-was/cancel", "{}", Some(&authorization));
+        assert_eq!(reply.status, 202, "{scheme}: {}", reply.body);
+    }
     assert!(http.task("guarded").is_none(), "a refused submit ran");
     let reply = http.post_as("/api/tasks", &request, Some(&bearer));
     assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.header("location"), Some("/api/tasks/guarded"));
     assert_eq!(http.wait_final("guarded")["state"], "success");
     for path in [
         "/api/tasks",
@@ -81,6 +99,10 @@ fn bearer_token_guards_writes_and_optionally_reads() {
     for path in ["/api/tasks", "/api/worker", "/api/tasks/x", "/api/rejected"] {
         http.get(path).error(401);
         http.get_as(path, Some("wrong")).error(401);
+        // Only the live stream takes the token in the URL.
+        let reply = http.get(&format!("{path}?access_token={BASE64_TOKEN_IN_URL}"));
+        reply.error(401);
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
     }
     let page = http.get_as("/api/tasks", Some(TOKEN));
     assert_eq!(page.status, 200, "{}", page.body);
@@ -102,7 +124,8 @@ fn bearer_token_guards_writes_and_optionally_reads() {
             reply.error(401);
         }
     }
-    let _stream = open_with_snapshot(&http, &format!("?access_token={TOKEN}"), &[]);
+    // As the dashboard's EventSource asks: percent-encoded.
+    let _stream = open_with_snapshot(&http, &format!("?access_token={BASE64_TOKEN_IN_URL}"), &[]);
     let _header_stream = open_with_snapshot(&http, "", &[("Authorization", &bearer)]);
     assert_token_not_logged(&worker, TOKEN);
 }

@@ -211,10 +211,16 @@ fn submit_checks_requests_like_mqtt_and_runs_the_accepted_ones() {
             "{id}: {message:?} should name {named:?}"
         );
     }
-    // Not declared as JSON.
+    // Not declared as JSON: a page on any origin can send that without
+    // asking the browser first.
     let body = hello("plain-text").to_string();
-    http.post_typed("/api/tasks", "text/plain", &body, None)
-        .error(415);
+    let message = http
+        .post_typed("/api/tasks", "text/plain", &body, None)
+        .error(403);
+    assert!(
+        message.contains("Content-Type: application/json"),
+        "{message}"
+    );
     // Over the 1 MiB body limit.
     let huge = json!({"task_id": "huge", "playbook": "hello.yml",
                       "inventory": "inventory.yml",
@@ -224,6 +230,7 @@ fn submit_checks_requests_like_mqtt_and_runs_the_accepted_ones() {
     // Accepted: 202 with where to follow it, and it really runs.
     let reply = http.post("/api/tasks", &hello("given-id").to_string());
     assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.header("location"), Some("/api/tasks/given-id"));
     let accepted = reply.json();
     assert_eq!(accepted["task_id"], "given-id", "{accepted}");
     assert_eq!(
@@ -236,6 +243,8 @@ fn submit_checks_requests_like_mqtt_and_runs_the_accepted_ones() {
     );
     assert_eq!(reply.status, 202, "{}", reply.body);
     let generated = reply.json()["task_id"].as_str().unwrap().to_owned();
+    let location = format!("/api/tasks/{generated}");
+    assert_eq!(reply.header("location"), Some(location.as_str()));
     assert!(
         !generated.is_empty()
             && generated.len() <= 128
@@ -301,6 +310,8 @@ fn cancel_over_http_ends_a_running_task_cancelled() {
     );
     assert_eq!(reply.status, 202, "{}", reply.body);
     assert_eq!(reply.json()["task_id"], id.as_str());
+    let location = format!("/api/tasks/{id}");
+    assert_eq!(reply.header("location"), Some(location.as_str()));
     let done = http.wait_final(&id);
     assert_eq!(done["state"], "cancelled", "{done}");
     assert_eq!(
@@ -313,11 +324,13 @@ fn cancel_over_http_ends_a_running_task_cancelled() {
         "the run's process survived the cancel"
     );
     // Cancelling a finished task (or an unknown one) is accepted and changes
-    // nothing.
-    let again = http.post_empty(&format!("/api/tasks/{id}/cancel"));
+    // nothing; an empty JSON body means `{}`, no content type at all is
+    // refused like any POST that is not declared JSON.
+    let again = http.post(&format!("/api/tasks/{id}/cancel"), "");
     assert_eq!(again.status, 202, "{}", again.body);
-    let unknown = http.post_empty("/api/tasks/never-was/cancel");
+    let unknown = http.post("/api/tasks/never-was/cancel", "");
     assert_eq!(unknown.status, 202, "{}", unknown.body);
+    http.post_empty("/api/tasks/never-was/cancel").error(403);
     assert_eq!(http.task(&id).unwrap()["state"], "cancelled");
     assert!(http.task("never-was").is_none());
 }

@@ -11,8 +11,10 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -115,7 +117,7 @@ fn not_found(id: &str) -> ApiError {
 async fn submit(
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let Json(mut request) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let Some(fields) = request.as_object_mut() else {
         return Err(ApiError::new(
@@ -133,13 +135,23 @@ async fn submit(
         }
     })?;
     publish(&state, state.topics.tasks(), QoS::ExactlyOnce, payload).await?;
-    Ok((
+    let body = json!({
+        "task_id": spec.task_id,
+        "status_topic": state.topics.status(&spec.task_id),
+    });
+    Ok(accepted(&spec.task_id, body))
+}
+
+/// 202 with `Location: /api/tasks/<id>`, where the task can be followed. A
+/// valid task id needs no escaping in a header or a path.
+fn accepted(task_id: &str, body: Value) -> Response {
+    let location = format!("/api/tasks/{task_id}");
+    (
         StatusCode::ACCEPTED,
-        Json(json!({
-            "task_id": spec.task_id,
-            "status_topic": state.topics.status(&spec.task_id),
-        })),
-    ))
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response()
 }
 
 /// `http-<time>-<random>`: unique enough, and a valid task id.
@@ -157,15 +169,23 @@ struct CancelBody {
     reason: Option<String>,
 }
 
+/// `POST /api/tasks/{id}/cancel`: the body (JSON, as the request guard
+/// demands) may be empty, which means `{}`.
 async fn cancel(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
-    body: Option<Json<CancelBody>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Bytes,
+) -> Result<Response, ApiError> {
     if !valid_task_id(&id) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid task id"));
     }
-    let body = body.map(|Json(body)| body).unwrap_or_default();
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelBody::default()
+    } else {
+        Json::<CancelBody>::from_bytes(&body)
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?
+            .0
+    };
     let payload = match body.reason {
         Some(reason) => json!({ "reason": reason }),
         None => json!({}),
@@ -177,7 +197,7 @@ async fn cancel(
         payload.to_string().into_bytes(),
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "task_id": id }))))
+    Ok(accepted(&id, json!({ "task_id": id })))
 }
 
 async fn publish(

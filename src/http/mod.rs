@@ -2,12 +2,16 @@
 //! metrics, all read from the one task table (nothing here keeps task state).
 //!
 //! `app(state)` builds the router with its layers (tracing, timeouts,
-//! compression, body limit, bearer-token auth); `serve` runs it until the
-//! process shuts down. Submit and cancel are forwarded to the group over MQTT,
+//! compression, body limit, JSON errors, the request guard of `guard.rs`,
+//! the bearer token of `auth.rs`); `serve` runs it until the process shuts
+//! down. Submit and cancel are forwarded to the group over MQTT,
 //! so any worker of the group may take a task, exactly as for MQTT clients.
 
 pub mod api;
 pub mod assets;
+pub mod auth;
+pub mod error;
+pub mod guard;
 pub mod health;
 pub mod sse;
 
@@ -17,18 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use rumqttc::v5::AsyncClient;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
 
 use crate::config::Secret;
 use crate::intake::IntakePolicy;
@@ -60,6 +64,8 @@ pub struct AppState {
     pub token: Option<Secret>,
     /// Whether reads need the token too.
     pub token_for_reads: bool,
+    /// Host names served besides IP literals and `localhost` (lower case).
+    pub allowed_hosts: Arc<[String]>,
     /// Ends live streams when the process shuts down.
     pub shutdown: CancellationToken,
 }
@@ -83,50 +89,45 @@ pub struct WorkerInfo {
     pub ansible_playbook: Option<PathBuf>,
 }
 
-/// An API error: a status and a message for the client, as JSON. Messages
-/// never carry internals.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with `status` and a client-facing `message`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-/// The whole router: dashboard, API, events, health and metrics.
+/// The whole router: dashboard, API, events, health and metrics, behind
+/// the request guard (every route) and the token (API and events).
 pub fn app(state: AppState) -> Router {
-    let guarded = api::routes()
-        .merge(sse::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .merge(guarded)
+    let api = api::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    let events = sse::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token_or_query,
+    ));
+    let routes = Router::new()
+        .merge(api)
+        .merge(events)
         .merge(health::routes())
         .merge(assets::routes())
+        .fallback(error::not_found)
+        // After every route: it applies to the routes registered so far.
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::check));
+    layered(routes, REQUEST_TIMEOUT).with_state(state)
+}
+
+/// The layers every answer passes, innermost first: body limit, timeout,
+/// JSON errors (outside the two, so their refusals become JSON too; inside
+/// compression, so it reads plain text), compression, tracing.
+fn layered<S: Clone + Send + Sync + 'static>(routes: Router<S>, timeout: Duration) -> Router<S> {
+    routes
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            timeout,
         ))
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(CompressionLayer::new())
         // The span names the path only: a query may carry `access_token`.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
         }))
-        .with_state(state)
 }
 
 /// Serves `app(state)` on `listener` until `state.shutdown` is cancelled.
@@ -137,61 +138,30 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         .await
 }
 
-/// Requires the bearer token for writes (and for reads when configured).
-/// `/api/events` may carry it as `?access_token=`, since browsers' EventSource
-/// cannot set headers.
-async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(token) = &state.token else {
-        return Ok(next.run(request).await);
-    };
-    let is_read = request.method() == axum::http::Method::GET;
-    if is_read && !state.token_for_reads {
-        return Ok(next.run(request).await);
-    }
-    let from_header = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    let from_query = request.uri().query().and_then(|query| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("access_token="))
-    });
-    let offered = from_header.or(if is_read { from_query } else { None });
-    match offered {
-        Some(offered) if constant_time_eq(offered.as_bytes(), token.expose().as_bytes()) => {
-            Ok(next.run(request).await)
-        }
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "a valid bearer token is required",
-        )),
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a
-/// guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use axum::body::{Body, to_bytes};
+    use axum::routing::get;
+    use tower::ServiceExt;
 
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_gets_a_json_408() {
+        // The handler never answers, so only the timeout can.
+        let stuck = Router::new().route("/stuck", get(std::future::pending::<()>));
+        let request = Request::builder()
+            .uri("/stuck")
+            .body(Body::empty())
+            .unwrap();
+        let response = layered(stuck, Duration::from_millis(10))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = to_bytes(response.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "the request was not answered in time");
     }
 }

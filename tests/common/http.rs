@@ -55,11 +55,21 @@ pub struct Reply {
     pub status: u16,
     /// The `Content-Type` header, empty if absent.
     pub content_type: String,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     /// The whole body as text.
     pub body: String,
 }
 
 impl Reply {
+    /// The first header called `name` (lower case), if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body as JSON (panics with the body if it is not).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
@@ -187,6 +197,30 @@ impl Http {
         read_reply(response).unwrap_or_else(|| panic!("POST {path}: unreadable body"))
     }
 
+    /// Sends `method path` with exactly these `headers` (a `Host` among them
+    /// replaces the real one) and `body`, nothing else: no content type
+    /// unless given, no body when None.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = match body {
+            Some(body) => self.agent.run(request.body(body).unwrap()),
+            None => self.agent.run(request.body(()).unwrap()),
+        };
+        let response = response.unwrap_or_else(|e| panic!("{method} {path} failed: {e}"));
+        read_reply(response).unwrap_or_else(|| panic!("{method} {path}: unreadable body"))
+    }
+
     /// The current status of `id` (`GET /api/tasks/{id}`), if the worker
     /// holds it.
     pub fn task(&self, id: &str) -> Option<Value> {
@@ -266,10 +300,19 @@ pub fn read_reply(response: ureq::http::Response<ureq::Body>) -> Option<Reply> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
     let body = response.into_body().read_to_string().ok()?;
     Some(Reply {
         status,
         content_type,
+        headers,
         body,
     })
 }
