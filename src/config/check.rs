@@ -441,11 +441,12 @@ impl Checker<'_> {
                 let bad = host.is_empty()
                     || host
                         .chars()
-                        .any(|c| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+                        .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
                 if bad {
+                    // `_` is not in DNS host names, but Docker Compose service names have it.
                     self.invalid(
                         "http.allowed_hosts",
-                        format!("{host:?} is not a host name (letters, digits, '.', '-')"),
+                        format!("{host:?} is not a host name (letters, digits, '.', '-', '_')"),
                     );
                 }
                 host.to_ascii_lowercase()
