@@ -135,19 +135,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         );
     }
     table.journaled().await;
-    // The one intake policy of MQTT and HTTP requests. The installed Ansible
-    // is asked for its reserved names in the background: start-up does not
-    // wait for Python to import Ansible.
-    let policy = intake::IntakePolicy {
-        reserved_names: intake::ReservedNames::discover(
-            &worker.ansible_playbook_path,
-            &worker.playbook_directory,
-        ),
-        ..intake::IntakePolicy::of(worker)
-    };
+    // The one intake policy of MQTT and HTTP requests.
+    let policy = intake::IntakePolicy::of(worker);
     let mqtt = MqttSide::start(&config, &table, policy.clone())?;
     let http = match config.http.enabled {
-        true => Some(start_http(&config, &table, &mqtt, policy, &shutdown).await?),
+        true => Some(start_http(&config, &table, &mqtt, policy.clone(), &shutdown).await?),
         false => None,
     };
     let stop_pool = CancellationToken::new();
@@ -159,6 +151,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         stop_pool.clone(),
         runs.clone(),
     ));
+    // Once everything is up, so Python importing Ansible does not compete
+    // with start-up; the built-in list applies until it answers.
+    policy
+        .reserved_names
+        .ask_installed_ansible(&worker.ansible_playbook_path, &worker.playbook_directory);
     tracing::info!(
         worker_id = %worker.worker_id,
         filter = %mqtt.topics().tasks_filter(),

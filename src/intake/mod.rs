@@ -106,8 +106,8 @@ impl IntakePolicy {
     }
 
     /// The policy `worker` configures (its playbook directory is canonical
-    /// already), with the built-in reserved names; `run` replaces them with
-    /// [`ReservedNames::discover`]'s.
+    /// already), with the built-in reserved names until `run` asks the
+    /// installed Ansible ([`ReservedNames::ask_installed_ansible`]).
     pub fn of(worker: &WorkerConfig) -> IntakePolicy {
         IntakePolicy {
             playbook_directory: worker.playbook_directory.clone(),

@@ -4,7 +4,7 @@
 //! turn omitted module parameters into a requester's value, and so on.
 //!
 //! The names come from the installed Ansible, asked once at start in the
-//! background ([`ReservedNames::discover`]): its playbook keywords and
+//! background ([`ReservedNames::ask_installed_ansible`]): its playbook keywords and
 //! template globals (`ansible.vars.reserved.get_reserved_names()`) and its
 //! special variables (`ansible.constants.INTERNAL_STATIC_VARS`). Until it
 //! answers, or if it cannot be asked, a built-in copy of ansible-core 2.19's
@@ -141,7 +141,8 @@ pub struct ReservedNames {
 }
 
 impl ReservedNames {
-    /// The built-in list only (ansible-core 2.19), never asking Ansible.
+    /// The built-in list (ansible-core 2.19) until
+    /// [`ReservedNames::ask_installed_ansible`] brings the installed one's.
     pub fn builtin() -> ReservedNames {
         ReservedNames {
             discovered: Arc::new(OnceLock::new()),
@@ -150,11 +151,11 @@ impl ReservedNames {
 
     /// Starts asking the Python that runs `ansible_playbook` for its reserved
     /// names, in the background (`cwd` is the playbook directory, so its
-    /// `ansible.cfg` applies as in runs); the built-in list applies until it
-    /// answers and whenever it cannot. Must be called inside a Tokio runtime.
-    pub fn discover(ansible_playbook: &Path, cwd: &Path) -> ReservedNames {
-        let names = ReservedNames::builtin();
-        let slot = names.discovered.clone();
+    /// `ansible.cfg` applies as in runs). Every clone of `self` uses them
+    /// once they came; the built-in list applies until then and whenever
+    /// Ansible cannot be asked. Must be called inside a Tokio runtime.
+    pub fn ask_installed_ansible(&self, ansible_playbook: &Path, cwd: &Path) {
+        let slot = self.discovered.clone();
         let program = ansible_playbook.to_path_buf();
         let cwd = cwd.to_path_buf();
         tokio::spawn(async move {
@@ -174,7 +175,6 @@ impl ReservedNames {
                 ),
             }
         });
-        names
     }
 
     /// True if a top-level extra var may not be called `name`.

@@ -162,7 +162,8 @@ fn only_a_python_shebang_is_asked_for_reserved_names() {
 #[tokio::test]
 async fn the_installed_ansible_lists_what_the_builtin_list_holds() {
     let program = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/ansible-playbook");
-    let names = ReservedNames::discover(&program, Path::new(env!("CARGO_MANIFEST_DIR")));
+    let names = ReservedNames::builtin();
+    names.ask_installed_ansible(&program, Path::new(env!("CARGO_MANIFEST_DIR")));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while names.discovered().is_none() && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
