@@ -108,6 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         runtime_dir: runtime_dir.clone(),
         default_timeout: worker.task_timeout,
         kill_grace: worker.kill_grace,
+        inventory_plugins: worker.inventory_plugins.clone(),
     })
     .map_err(|source| StartError::StateDir {
         path: runtime_dir.display().to_string(),
@@ -134,9 +135,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         );
     }
     table.journaled().await;
-    let mqtt = MqttSide::start(&config, &table)?;
+    // The one intake policy of MQTT and HTTP requests.
+    let policy = intake::IntakePolicy::of(worker);
+    let mqtt = MqttSide::start(&config, &table, policy.clone())?;
     let http = match config.http.enabled {
-        true => Some(start_http(&config, &table, &mqtt, &shutdown).await?),
+        true => Some(start_http(&config, &table, &mqtt, policy.clone(), &shutdown).await?),
         false => None,
     };
     let stop_pool = CancellationToken::new();
@@ -148,6 +151,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         stop_pool.clone(),
         runs.clone(),
     ));
+    // Once everything is up, so Python importing Ansible does not compete
+    // with start-up; the built-in list applies until it answers.
+    policy
+        .reserved_names
+        .ask_installed_ansible(&worker.ansible_playbook_path, &worker.playbook_directory);
     tracing::info!(
         worker_id = %worker.worker_id,
         filter = %mqtt.topics().tasks_filter(),
@@ -201,6 +209,7 @@ async fn start_http(
     config: &Config,
     table: &TaskTable,
     mqtt: &MqttSide,
+    policy: intake::IntakePolicy,
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, StartError> {
     let worker = &config.worker;
@@ -213,7 +222,7 @@ async fn start_http(
         table: table.clone(),
         client: mqtt.client(),
         topics: mqtt.topics().clone(),
-        policy: Arc::new(intake::IntakePolicy::of(worker)),
+        policy: Arc::new(policy),
         link: mqtt.link_state(),
         info: Arc::new(http::WorkerInfo {
             worker_id: worker.worker_id.clone(),

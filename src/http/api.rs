@@ -20,8 +20,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::intake::{Refusal, parse_request, valid_task_id};
-use crate::model::{TaskState, TaskStatus};
+use crate::intake::{
+    IntakePolicy, Refusal, inventory_path, parse_request, playbook_path, valid_task_id,
+};
+use crate::model::{Inventory, TaskState, TaskStatus};
 use crate::table::view::{RejectedRequest, TaskPage};
 
 /// Default and largest page size of `GET /api/tasks`.
@@ -230,16 +232,20 @@ async fn rejected(State(state): State<AppState>) -> Json<Vec<RejectedRequest>> {
 }
 
 async fn playbooks(State(state): State<AppState>) -> Json<Value> {
-    let root = state.info.playbook_directory.clone();
-    let (playbooks, inventories) = tokio::task::spawn_blocking(move || list_yaml(&root))
+    let policy = state.policy.clone();
+    let (playbooks, inventories) = tokio::task::spawn_blocking(move || list_yaml(&policy))
         .await
         .unwrap_or_default();
     Json(json!({ "playbooks": playbooks, "inventories": inventories }))
 }
 
-/// Playbooks (YAML whose first statement is a list item) and inventories
-/// (other YAML, `.ini`, or files named like an inventory) under `root`.
-fn list_yaml(root: &Path) -> (Vec<String>, Vec<String>) {
+/// Playbooks (YAML whose first statement is a list item) and inventory files
+/// (other YAML, `.ini`, or files named like an inventory) under the policy's
+/// playbook directory that a request may name: each one passes intake's own
+/// path rules, so hidden files, symlinks that leave the directory or reach a
+/// hidden file, and executable inventories are never offered.
+fn list_yaml(policy: &IntakePolicy) -> (Vec<String>, Vec<String>) {
+    let root = &policy.playbook_directory;
     let mut playbooks = Vec::new();
     let mut inventories = Vec::new();
     let mut pending = vec![root.to_path_buf()];
@@ -265,15 +271,16 @@ fn list_yaml(root: &Path) -> (Vec<String>, Vec<String>) {
                 pending.push(path);
                 continue;
             }
-            let Ok(relative) = path.strip_prefix(root) else {
+            let Some(relative) = path.strip_prefix(root).ok().and_then(Path::to_str) else {
                 continue;
             };
-            let relative = relative.display().to_string();
             let yaml = name.ends_with(".yml") || name.ends_with(".yaml");
-            if yaml && is_playbook(&path) {
-                playbooks.push(relative);
-            } else if yaml || name.ends_with(".ini") || name.starts_with("hosts") {
-                inventories.push(relative);
+            if yaml && playbook_path(relative, policy).is_ok_and(|file| is_playbook(&file)) {
+                playbooks.push(relative.to_owned());
+            } else if (yaml || name.ends_with(".ini") || name.starts_with("hosts"))
+                && matches!(inventory_path(relative, policy), Ok(Inventory::File(_)))
+            {
+                inventories.push(relative.to_owned());
             }
         }
     }
@@ -299,7 +306,7 @@ mod tests {
     #[test]
     fn example_playbooks_and_inventories_are_told_apart() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/playbooks");
-        let (playbooks, inventories) = list_yaml(&root);
+        let (playbooks, inventories) = list_yaml(&IntakePolicy::new(&root, false).unwrap());
         assert!(playbooks.contains(&"hello.yml".to_owned()), "{playbooks:?}");
         assert!(!playbooks.contains(&"inventory.yml".to_owned()));
         assert_eq!(inventories, ["inventory.yml"]);

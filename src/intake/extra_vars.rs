@@ -1,14 +1,16 @@
 //! `extra_vars` rules: the value must be an object with no Jinja2 template
 //! marker in any key or string value at any depth (Ansible would evaluate it
-//! on the worker), and no top-level `ansible_*` key unless the policy allows
-//! it (those override connection settings).
+//! on the worker), and no top-level `ansible_*` key (those override
+//! connection settings) or name Ansible reserves (extra vars outrank the
+//! inventory, so `inventory_hostname` redirects connections) unless the
+//! policy allows them.
 //!
 //! Reasons name where the problem is, never the offending value, which may be
 //! a secret.
 
 use serde_json::{Map, Value};
 
-use super::{SHOWN_NAME_CHARS, invalid, shown};
+use super::{IntakePolicy, SHOWN_NAME_CHARS, invalid, shown};
 
 /// Jinja2 delimiters; Ansible templates extra vars, so any of them runs code.
 pub(super) const JINJA_MARKERS: [&str; 6] = ["{{", "}}", "{%", "%}", "{#", "#}"];
@@ -16,7 +18,7 @@ pub(super) const JINJA_MARKERS: [&str; 6] = ["{{", "}}", "{%", "%}", "{#", "#}"]
 /// The checked `extra_vars` object (empty when absent).
 pub(super) fn extra_vars(
     value: Option<&Value>,
-    allow_ansible_vars: bool,
+    policy: &IntakePolicy,
 ) -> Result<Map<String, Value>, String> {
     let vars = match value {
         None => return Ok(Map::new()),
@@ -38,10 +40,21 @@ pub(super) fn extra_vars(
             ));
         }
     }
-    if !allow_ansible_vars && let Some(key) = vars.keys().find(|k| k.starts_with("ansible_")) {
+    if policy.allow_ansible_vars {
+        return Ok(vars.clone());
+    }
+    if let Some(key) = vars.keys().find(|k| k.starts_with("ansible_")) {
         return Err(format!(
             "Invalid extra_vars: key '{}' is refused: keys starting with 'ansible_' override \
              connection settings (set worker.allow_ansible_vars = true to allow them)",
+            shown(key, SHOWN_NAME_CHARS)
+        ));
+    }
+    if let Some(key) = vars.keys().find(|k| policy.reserved_names.contains(k)) {
+        return Err(format!(
+            "Invalid extra_vars: key '{}' is refused: Ansible reserves this name, and extra \
+             vars outrank the inventory and the playbook (set worker.allow_ansible_vars = true \
+             to allow it)",
             shown(key, SHOWN_NAME_CHARS)
         ));
     }

@@ -21,11 +21,13 @@
 //!
 //! Layout: this file holds the entry points, the refusal type and the simple
 //! field rules; `paths` resolves `playbook` and `inventory` and keeps them
-//! inside the playbook directory; `extra_vars` refuses Jinja2 templates and
-//! `ansible_*` keys.
+//! inside the playbook directory, away from hidden files and inventory
+//! scripts; `extra_vars` refuses Jinja2 templates, `ansible_*` keys and the
+//! names Ansible reserves, which `reserved` knows.
 
 mod extra_vars;
 mod paths;
+mod reserved;
 #[cfg(test)]
 mod tests;
 
@@ -38,7 +40,8 @@ use serde_json::{Map, Value};
 use crate::config::WorkerConfig;
 use crate::model::TaskSpec;
 use extra_vars::extra_vars;
-use paths::{inventory, playbook};
+pub use paths::{inventory_path, playbook_path};
+pub use reserved::ReservedNames;
 
 /// Longest accepted `task_id`, in characters.
 pub const MAX_TASK_ID_LEN: usize = 128;
@@ -71,38 +74,63 @@ const SHOWN_NAME_CHARS: usize = 64;
 /// How much of a requested path a reason echoes.
 const SHOWN_PATH_CHARS: usize = 256;
 /// The configuration the intake rules depend on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct IntakePolicy {
     /// `worker.playbook_directory`, canonical (symlinks resolved); playbooks
     /// and inventory files must resolve inside it.
     pub playbook_directory: PathBuf,
-    /// `worker.allow_ansible_vars`: accept top-level `ansible_*` extra vars.
+    /// `worker.allow_ansible_vars`: accept top-level `ansible_*` extra vars
+    /// and the names in `reserved_names`.
     pub allow_ansible_vars: bool,
     /// `worker.max_request_size`: larger payloads are refused.
     pub max_request_size: usize,
+    /// True if `worker.inventory_plugins` enables Ansible's `script` plugin:
+    /// only then may an inventory be (or contain) an executable file.
+    pub inventory_scripts: bool,
+    /// Top-level `extra_vars` keys Ansible reserves.
+    pub reserved_names: ReservedNames,
 }
 
 impl IntakePolicy {
     /// A policy for `playbook_directory`, canonicalised here so the
     /// inside-the-directory checks compare like with like; other settings
-    /// take their defaults.
+    /// take their defaults (the built-in reserved names).
     pub fn new(playbook_directory: &Path, allow_ansible_vars: bool) -> io::Result<IntakePolicy> {
         Ok(IntakePolicy {
             playbook_directory: playbook_directory.canonicalize()?,
             allow_ansible_vars,
             max_request_size: crate::config::DEFAULT_MAX_REQUEST_SIZE,
+            inventory_scripts: false,
+            reserved_names: ReservedNames::builtin(),
         })
     }
 
     /// The policy `worker` configures (its playbook directory is canonical
-    /// already).
+    /// already), with the built-in reserved names until `run` asks the
+    /// installed Ansible ([`ReservedNames::ask_installed_ansible`]).
     pub fn of(worker: &WorkerConfig) -> IntakePolicy {
         IntakePolicy {
             playbook_directory: worker.playbook_directory.clone(),
             allow_ansible_vars: worker.allow_ansible_vars,
             max_request_size: worker.max_request_size,
+            inventory_scripts: worker
+                .inventory_plugins
+                .iter()
+                .any(|plugin| is_script_plugin(plugin)),
+            reserved_names: ReservedNames::builtin(),
         }
     }
+}
+
+/// True for Ansible's `script` inventory plugin, by short or full name. Only
+/// it runs executables; `auto` dispatches to any plugin a YAML file names,
+/// `script` included, but the script plugin then runs only an executable
+/// file, which intake refuses unless `script` itself is enabled.
+fn is_script_plugin(name: &str) -> bool {
+    matches!(
+        name,
+        "script" | "ansible.builtin.script" | "ansible.legacy.script"
+    )
 }
 
 /// Why a request was not turned into a [`TaskSpec`].
@@ -210,12 +238,17 @@ fn check_fields(
     request: &Map<String, Value>,
     policy: &IntakePolicy,
 ) -> Result<TaskSpec, String> {
-    let dir = &policy.playbook_directory;
     Ok(TaskSpec {
         task_id,
-        playbook: playbook(request.get("playbook"), dir)?,
-        inventory: inventory(request.get("inventory"), dir)?,
-        extra_vars: extra_vars(present(request, "extra_vars"), policy.allow_ansible_vars)?,
+        playbook: playbook_path(
+            required_string(request.get("playbook"), "playbook")?,
+            policy,
+        )?,
+        inventory: inventory_path(
+            required_string(request.get("inventory"), "inventory")?,
+            policy,
+        )?,
+        extra_vars: extra_vars(present(request, "extra_vars"), policy)?,
         limit: limit(present(request, "limit"))?,
         tags: tag_list(request, "tags")?,
         skip_tags: tag_list(request, "skip_tags")?,
@@ -265,16 +298,24 @@ fn integer(
     }
 }
 
+/// A required string field; [`plain_text`] rules are up to its own check.
 fn required_string<'a>(value: Option<&'a Value>, field: &str) -> Result<&'a str, String> {
     match value {
         None | Some(Value::Null) => Err(format!("Missing required field '{field}'")),
-        Some(Value::String(s)) if s.is_empty() => Err(invalid(field, "must not be empty")),
-        Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            Err(invalid(field, "must not contain control characters"))
-        }
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(invalid(field, "must be a string")),
     }
+}
+
+/// `text` of `field` is not empty and has no control characters.
+fn plain_text(text: &str, field: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
 }
 
 /// `--limit=<v>` is one argv word, so a leading `-` cannot become an option

@@ -41,9 +41,13 @@ pub struct MqttSide {
 
 impl MqttSide {
     /// Connects (in the background, retrying) and starts publishing the
-    /// statuses `table` holds and then its changes; accepted requests go into
-    /// `table`.
-    pub fn start(config: &Config, table: &TaskTable) -> Result<Self, ClientError> {
+    /// statuses `table` holds and then its changes; requests `policy` accepts
+    /// go into `table`.
+    pub fn start(
+        config: &Config,
+        table: &TaskTable,
+        policy: IntakePolicy,
+    ) -> Result<Self, ClientError> {
         let worker = &config.worker;
         let topics = Topics::of(worker);
         let presence = Presence {
@@ -82,7 +86,7 @@ impl MqttSide {
         ));
         let inbound = Inbound {
             table: table.clone(),
-            policy: IntakePolicy::of(worker),
+            policy,
             topics: topics.clone(),
             acks,
             window,

@@ -57,6 +57,10 @@ pub struct RunSettings {
     pub default_timeout: Duration,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// `worker.inventory_plugins`: the only inventory plugins Ansible may use
+    /// (`ANSIBLE_INVENTORY_ENABLED`, whatever the environment or an
+    /// `ansible.cfg` says), so that by default no inventory is executed.
+    pub inventory_plugins: Vec<String>,
 }
 
 /// What a run reports while it goes: coalesced counters and output lines.
@@ -236,6 +240,10 @@ impl PlaybookRunner {
             .env("PYTHONUNBUFFERED", "1")
             .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
             .env("ANSIBLE_LOCAL_TEMP", &prepared.temp_dir)
+            .env(
+                "ANSIBLE_INVENTORY_ENABLED",
+                settings.inventory_plugins.join(","),
+            )
             .env(
                 "ANSIBLE_CALLBACK_PLUGINS",
                 prepend_env(

@@ -1,9 +1,11 @@
 //! Unit tests of request intake, against a real playbook directory with
 //! symlinks pointing inside and outside. The fixture and request helpers live
-//! here; `paths` and `extra_vars` hold the tests of those modules' rules.
+//! here; `paths` and `extra_vars` hold the tests of those modules' rules,
+//! `refused_files` those of hidden files and inventory scripts.
 
 mod extra_vars;
 mod paths;
+mod refused_files;
 
 use super::*;
 use crate::model::Inventory;
