@@ -1,9 +1,11 @@
 //! Unit tests of request intake, against a real playbook directory with
 //! symlinks pointing inside and outside. The fixture and request helpers live
-//! here; `paths` and `extra_vars` hold the tests of those modules' rules.
+//! here; `paths` and `extra_vars` hold the tests of those modules' rules, `size`
+//! those of requests too large or too deep to parse.
 
 mod extra_vars;
 mod paths;
+mod size;
 
 use super::*;
 use crate::model::Inventory;
