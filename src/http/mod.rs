@@ -36,8 +36,6 @@ use crate::mqtt::client::LinkState;
 use crate::mqtt::topics::Topics;
 use crate::table::TaskTable;
 
-/// Largest request body accepted (a task request is at most an MQTT payload).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Time allowed to produce a response (not to stream one).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -109,6 +107,8 @@ impl IntoResponse for ApiError {
 
 /// The whole router: dashboard, API, events, health and metrics.
 pub fn app(state: AppState) -> Router {
+    // A task request is at most `worker.max_request_size`, over HTTP too.
+    let body_limit = state.policy.max_request_size;
     let guarded = api::routes()
         .merge(sse::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -116,7 +116,7 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded)
         .merge(health::routes())
         .merge(assets::routes())
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
