@@ -136,7 +136,7 @@ pub fn worker_options(config: &Config) -> Result<MqttOptions, ClientError> {
 
 /// Largest packet the client accepts, and the Maximum Packet Size it
 /// advertises in CONNECT (Mosquitto silently drops what a client cannot
-/// take): [`REQUEST_SIZE_FACTOR`] times `worker.max_request_size`, so a
+/// take): four times `worker.max_request_size`, so a
 /// request over the limit still arrives and gets its "Request too large"
 /// status, and at least the embedded broker's `max_payload_size`, since
 /// rumqttd delivers whatever it accepted and the client would drop the
