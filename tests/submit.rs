@@ -164,7 +164,7 @@ async fn submit_wait_sends_local_paths_relative_and_prints_progress_and_output()
         "{ended:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains(" success  total=10 ")),
+        lines.iter().any(|l| l.contains(" success  total=12 ")),
         "{ended:?}"
     );
     assert!(ended.stdout.contains("output:\n{\n"), "{ended:?}");
