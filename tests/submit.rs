@@ -164,7 +164,7 @@ async fn submit_wait_sends_local_paths_relative_and_prints_progress_and_output()
         "{ended:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains(" success  total=10 ")),
+        lines.iter().any(|l| l.contains(" success  total=12 ")),
         "{ended:?}"
     );
     assert!(ended.stdout.contains("output:\n{\n"), "{ended:?}");
@@ -218,7 +218,7 @@ async fn submit_json_prints_only_the_final_status_document() {
     let doc: Value = serde_json::from_str(&ended.stdout).expect("one JSON document");
     assert_eq!(doc["task_id"], "json-1");
     assert_eq!(doc["state"], "success");
-    assert_eq!(doc["tasks_total"], 10);
+    assert_eq!(doc["tasks_total"], 12);
     assert_eq!(doc["output"]["deployed"], "v1");
 }
 

@@ -57,13 +57,18 @@ async fn multi_host_counters_equal_the_recap_and_output_is_set_stats() {
     let dir = playbooks_dir();
     let recap = recap_of(&dir.join("multi_host.yml"), &dir.join("hosts.yml"));
     assert_eq!(counters(&done), recap, "status {done}");
-    // Tasks started once each, however many hosts: 9 tasks incl. the rescue
+    // Tasks started once each, however many hosts: 11 tasks incl. the rescue
     // task and one handler.
-    assert_eq!(done["tasks_total"], 10, "{done}");
-    assert_eq!(done["output"], json!({"deployed": "v1", "hosts_seen": 3}));
+    assert_eq!(done["tasks_total"], 12, "{done}");
+    // Two set_stats calls wrote vm_ip (and each host's name): the later
+    // value wins, where Ansible would concatenate "10.0.0.5010.0.0.51".
+    assert_eq!(
+        done["output"],
+        json!({"deployed": "v1", "hosts_seen": 3, "vm_ip": "10.0.0.51"})
+    );
     assert_eq!(
         done["output_per_host"],
-        json!({"h1": {"name": "h1"}, "h2": {"name": "h2"}, "h3": {"name": "h3"}})
+        json!({"h1": {"name": "h1-final"}, "h2": {"name": "h2-final"}, "h3": {"name": "h3-final"}})
     );
     assert!(done["error_message"].is_null());
     assert_eq!(done["worker_id"], "multi-w1");

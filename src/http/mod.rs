@@ -40,8 +40,6 @@ use crate::mqtt::client::LinkState;
 use crate::mqtt::topics::Topics;
 use crate::table::TaskTable;
 
-/// Largest request body accepted (a task request is at most an MQTT payload).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Time allowed to produce a response (not to stream one).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -109,15 +107,21 @@ pub fn app(state: AppState) -> Router {
         // After every route: it applies to the routes registered so far.
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard::check));
-    layered(routes, REQUEST_TIMEOUT).with_state(state)
+    // A task request is at most `worker.max_request_size`, over HTTP too.
+    let body_limit = state.policy.max_request_size;
+    layered(routes, REQUEST_TIMEOUT, body_limit).with_state(state)
 }
 
 /// The layers every answer passes, innermost first: body limit, timeout,
 /// JSON errors (outside the two, so their refusals become JSON too; inside
 /// compression, so it reads plain text), compression, tracing.
-fn layered<S: Clone + Send + Sync + 'static>(routes: Router<S>, timeout: Duration) -> Router<S> {
+fn layered<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    timeout: Duration,
+    body_limit: usize,
+) -> Router<S> {
     routes
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -154,7 +158,7 @@ mod tests {
             .uri("/stuck")
             .body(Body::empty())
             .unwrap();
-        let response = layered(stuck, Duration::from_millis(10))
+        let response = layered(stuck, Duration::from_millis(10), 1024)
             .oneshot(request)
             .await
             .unwrap();

@@ -19,15 +19,20 @@
 //! - Reasons never contain `extra_vars` values (they may be secrets); hostile
 //!   text that is echoed (task ids, keys, paths) is truncated and escaped.
 //!
+//! - A request too large or nested too deeply to parse still ends `failed`
+//!   when its top-level `task_id` can be read without parsing it (`task_id`).
+//!
 //! Layout: this file holds the entry points, the refusal type and the simple
 //! field rules; `paths` resolves `playbook` and `inventory` and keeps them
 //! inside the playbook directory, away from hidden files and inventory
 //! scripts; `extra_vars` refuses Jinja2 templates, `ansible_*` keys and the
-//! names Ansible reserves, which `reserved` knows.
+//! names Ansible reserves, which `reserved` knows; `task_id` reads the id of
+//! a request the parser refuses.
 
 mod extra_vars;
 mod paths;
 mod reserved;
+mod task_id;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +57,10 @@ pub const DEFAULT_FORKS: u32 = 5;
 /// Longest accepted `timeout` (one year): far beyond any run, and small enough
 /// that `Instant::now() + timeout` cannot overflow.
 pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// Nesting of objects and arrays the JSON parser takes (serde_json stops at
+/// its 128th level); a deeper request is refused with a reason saying so.
+pub const MAX_NESTING: usize = 127;
 
 /// Request fields this worker understands; others are ignored.
 const KNOWN_FIELDS: [&str; 13] = [
@@ -172,8 +181,29 @@ impl Refusal {
 /// Parses and checks one task request payload against `policy`.
 pub fn parse_request(payload: &[u8], policy: &IntakePolicy) -> Result<TaskSpec, Refusal> {
     let unaddressable = |reason: String| Refusal::Unaddressable { reason };
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| unaddressable(format!("payload is not JSON: {e}")))?;
+    if payload.len() > policy.max_request_size {
+        // Never parsed: its size must not cost memory beyond the payload.
+        let reason = format!(
+            "Request too large ({} bytes, max {})",
+            payload.len(),
+            policy.max_request_size
+        );
+        return Err(unparsed_refusal(&task_id::scan(payload), reason));
+    }
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(value) => value,
+        Err(e) => {
+            let scan = task_id::scan(payload);
+            if scan.depth > MAX_NESTING {
+                let reason = format!(
+                    "Request nested too deeply ({} levels of objects and arrays, max {MAX_NESTING})",
+                    scan.depth
+                );
+                return Err(unparsed_refusal(&scan, reason));
+            }
+            return Err(unaddressable(format!("payload is not JSON: {e}")));
+        }
+    };
     let Value::Object(request) = value else {
         return Err(unaddressable(format!(
             "payload is not a JSON object but {}",
@@ -190,6 +220,20 @@ pub fn parse_request(payload: &[u8], policy: &IntakePolicy) -> Result<TaskSpec, 
     }
     check_fields(task_id.clone(), &request, policy)
         .map_err(|reason| Refusal::Invalid { task_id, reason })
+}
+
+/// The refusal of a request that was not parsed: `Invalid` (so it gets its
+/// `failed` status) when the scan read a valid top-level `task_id`.
+fn unparsed_refusal(scan: &task_id::Scan, reason: String) -> Refusal {
+    match scan.task_id.as_deref() {
+        Some(id) if valid_task_id(id) => Refusal::Invalid {
+            task_id: id.to_owned(),
+            reason,
+        },
+        _ => Refusal::Unaddressable {
+            reason: format!("{reason}; no readable task_id"),
+        },
+    }
 }
 
 /// True if `id` is a usable task id: 1–128 characters of `A-Z a-z 0-9 . _ -`

@@ -37,9 +37,15 @@ use crate::intake::{IntakePolicy, Refusal, parse_request};
 use crate::model::ReplyRoute;
 use crate::table::{Cancel, TaskTable};
 
-/// Largest packet the client accepts: the broker limit (1 MiB) plus headroom
-/// for the fixed header and properties.
-pub const MAX_PACKET_SIZE: u32 = 1024 * 1024 + 64 * 1024;
+/// How many times `worker.max_request_size` the client accepts in one packet:
+/// a request somewhat over the limit must still arrive to be refused with a
+/// status; beyond this the broker drops it unseen (MQTT 5 Maximum Packet
+/// Size), so that no requester can make the worker hold an arbitrary amount.
+const REQUEST_SIZE_FACTOR: usize = 4;
+/// Room for the fixed header, topic and properties around a payload.
+const HEADER_ROOM: usize = 64 * 1024;
+/// The largest remaining length MQTT can express (256 MiB - 1).
+const MQTT_MAX_PACKET: usize = 268_435_455;
 /// Requests buffered between the application and the event loop.
 const REQUEST_CAPACITY: usize = 1024;
 /// QoS 1/2 publishes of ours the broker may not have acknowledged yet.
@@ -128,6 +134,25 @@ pub fn worker_options(config: &Config) -> Result<MqttOptions, ClientError> {
     Ok(options)
 }
 
+/// Largest packet the client accepts, and the Maximum Packet Size it
+/// advertises in CONNECT (Mosquitto silently drops what a client cannot
+/// take): four times `worker.max_request_size`, so a
+/// request over the limit still arrives and gets its "Request too large"
+/// status, and at least the embedded broker's `max_payload_size`, since
+/// rumqttd delivers whatever it accepted and the client would drop the
+/// connection over a larger packet.
+pub fn max_packet_size(config: &Config) -> u32 {
+    let requests = config
+        .worker
+        .max_request_size
+        .saturating_mul(REQUEST_SIZE_FACTOR);
+    let limit = requests
+        .max(config.broker.max_payload_size)
+        .saturating_add(HEADER_ROOM)
+        .min(MQTT_MAX_PACKET);
+    u32::try_from(limit).unwrap_or(u32::MAX)
+}
+
 /// MQTT options for a connection to the configured broker (address, login,
 /// TLS, limits) under the client id `worker_id`.
 pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
@@ -139,7 +164,7 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
     network.set_tcp_nodelay(true);
     options
         .set_keep_alive(config.mqtt.keepalive)
-        .set_max_packet_size(Some(MAX_PACKET_SIZE))
+        .set_max_packet_size(Some(max_packet_size(config)))
         .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT)
         .set_network_options(network);
     if let Some(username) = &config.mqtt.username {
@@ -445,6 +470,31 @@ mod tests {
         }
         // The publisher's window and presence must fit.
         assert!(usize::from(OUTGOING_INFLIGHT) > crate::mqtt::window::PUBLISH_WINDOW);
+    }
+
+    fn config_with(worker: &str, broker: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("playbooks")).unwrap();
+        let text = format!(
+            "[worker]\ngroup_name = \"g\"\nworker_id = \"w\"\n\
+             playbook_directory = \"playbooks\"\n{worker}\n[broker]\n{broker}\n"
+        );
+        Config::from_toml(&text, dir.path(), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_packet_limit_is_well_above_the_request_limit_and_the_embedded_brokers() {
+        let default = config_with("", "");
+        let limit = max_packet_size(&default) as usize;
+        assert!(limit >= 4 * 1024 * 1024, "{limit}");
+        // Every connection advertises it (Mosquitto drops bigger packets).
+        for options in [mqtt_options(&default), worker_options(&default)] {
+            assert_eq!(options.unwrap().max_packet_size(), Some(limit as u32));
+        }
+        let small = config_with("max_request_size = 2048", "max_payload_size = 8388608");
+        assert!(max_packet_size(&small) as usize > 8 * 1024 * 1024);
+        let big = config_with("max_request_size = 4294967296", "");
+        assert_eq!(max_packet_size(&big) as usize, MQTT_MAX_PACKET);
     }
 
     #[test]

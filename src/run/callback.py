@@ -9,10 +9,18 @@
 #   {"kind": "result", "status": "ok"|"failed"|"skipped"|"unreachable",
 #    "host": str, "task": str, "changed": bool, "ignored": bool,
 #    "rescuable": bool, "msg": str|null}
+#   {"kind": "set_stats", "hosts": [str]|null, "data": {...}}
 #   {"kind": "stats", "hosts": {host: {"ok", "changed", "failures",
 #    "unreachable", "skipped", "rescued", "ignored"}},
 #    "custom_run": {...}, "custom_per_host": {host: {...}}}
 #   {"kind": "no_hosts"}
+#
+# A set_stats event is one set_stats result as it arrives (each loop item
+# apart), with the hosts Ansible applies it to (null: the global data), so
+# the worker can merge them in order, later keys winning. The stats event's
+# custom data is Ansible's own aggregation (strings concatenated, numbers
+# added); the worker only falls back on it for what no set_stats event
+# showed (a no_log task's result is censored before callbacks see it).
 #
 # The worker's run/events module turns these lines into the run's counters. The plugin
 # never raises out of a hook: a broken pipe must not break the playbook.
@@ -211,6 +219,8 @@ class CallbackModule(CallbackBase):
         super().__init__(*args, **kwargs)
         self._tasks_started = set()
         self._handlers_started = set()
+        self._play = None
+        self._unreachable = set()
         try:
             self._enabled = _open_events()
         except Exception as e:
@@ -252,6 +262,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_play_start(self, play):
         self._tasks_started.clear()
         self._handlers_started.clear()
+        self._play = play
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._task_start(task, False)
@@ -309,6 +320,7 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_ok(self, result):
         self._result(result, "ok")
+        self._set_stats(result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._result(result, "failed", ignore_errors)
@@ -318,6 +330,57 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_unreachable(self, result):
         self._result(result, "unreachable")
+        try:
+            task = _attr(result, "task")
+            host = _attr(result, "host")
+            if host is not None and not getattr(task, "ignore_unreachable", False):
+                self._unreachable.add(host.get_name())
+        except Exception:
+            pass
+
+    # -- set_stats -------------------------------------------------------------
+
+    def _set_stats(self, result):
+        """One set_stats event per result (or loop item) carrying ansible_stats.
+
+        Mirrors StrategyBase._process_pending_results: any ok result with
+        non-empty ansible_stats data counts; per_host (default true there)
+        applies to the task's hosts, which for run_once are all hosts of the
+        play's batch that were not unreachable.
+        """
+        if not self._enabled:
+            return
+        try:
+            task = _attr(result, "task")
+            host = _attr(result, "host")
+            data = _attr(result, "result", {}) or {}
+            if not isinstance(data, dict):
+                return
+            looped = task is not None and (getattr(task, "loop", None) or getattr(task, "loop_with", None))
+            items = data.get("results") if looped else [data]
+            for item in items or ():
+                stats = item.get("ansible_stats") if isinstance(item, dict) else None
+                if not isinstance(stats, dict) or not stats.get("data"):
+                    continue
+                hosts = None
+                if "per_host" not in stats or stats["per_host"]:
+                    hosts = self._task_hosts(task, host)
+                _emit({"kind": "set_stats", "hosts": hosts, "data": stats["data"]})
+        except Exception:
+            pass
+
+    def _task_hosts(self, task, host):
+        """StrategyBase.get_task_hosts, from the callback's side."""
+        name = host.get_name() if host is not None else None
+        if task is not None and getattr(task, "run_once", False) and self._play is not None:
+            try:
+                play = self._play
+                inventory = play.get_variable_manager()._inventory
+                hosts = [h.name for h in inventory.get_hosts(play.hosts, order=play.order)]
+                return [h for h in hosts if h not in self._unreachable]
+            except Exception:
+                pass
+        return [name] if name is not None else []
 
     # -- the end -------------------------------------------------------------
 

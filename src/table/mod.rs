@@ -48,7 +48,7 @@ use view::{LiveEvent, RejectedRequest, RequestSummary};
 /// Lines of Ansible output kept per task.
 pub const LOG_TAIL_LINES: usize = 500;
 /// Longest log line kept (characters); longer ones are cut.
-const LOG_LINE_CHARS: usize = 2000;
+pub const LOG_LINE_CHARS: usize = 2000;
 /// Rejected requests remembered for the dashboard.
 const REJECTED_KEPT: usize = 100;
 /// Live events a slow reader may fall behind before it lags.

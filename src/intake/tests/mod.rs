@@ -1,11 +1,13 @@
 //! Unit tests of request intake, against a real playbook directory with
 //! symlinks pointing inside and outside. The fixture and request helpers live
 //! here; `paths` and `extra_vars` hold the tests of those modules' rules,
-//! `refused_files` those of hidden files and inventory scripts.
+//! `refused_files` those of hidden files and inventory scripts, `size` those
+//! of requests too large or too deep to parse.
 
 mod extra_vars;
 mod paths;
 mod refused_files;
+mod size;
 
 use super::*;
 use crate::model::Inventory;

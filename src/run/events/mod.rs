@@ -10,6 +10,14 @@
 //! (`ok` includes changed results and ignored failures; a rescued failure is
 //! counted only as `rescued`). When the final `stats` event arrives, the
 //! counters become exactly the PLAY RECAP summed over all hosts.
+//!
+//! `output` follows the original worker's documented rule, not Ansible's
+//! aggregation: each `set_stats` result's data is merged in arrival order,
+//! later top-level keys replacing earlier ones (a nested object is replaced
+//! whole, not merged), whatever `aggregate` said; the same per host for
+//! `output_per_host`. Ansible's own custom stats from the final `stats` event
+//! only fill in keys no `set_stats` event showed (a `no_log` task's result is
+//! censored before the plugin sees it, yet Ansible still records its data).
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +59,7 @@ enum Event {
         name: String,
     },
     Result(TaskResult),
+    SetStats(SetStats),
     Stats(Stats),
     NoHosts,
     /// A kind this version does not know: skipped, so the plugin may grow.
@@ -87,6 +96,16 @@ struct TaskResult {
     msg: Option<String>,
 }
 
+/// One `set_stats` result: its data and the hosts it applies to.
+#[derive(Debug, Deserialize)]
+struct SetStats {
+    /// `per_host: true`: the hosts Ansible records it for; None: global.
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
+    #[serde(default)]
+    data: Map<String, Value>,
+}
+
 /// The final stats: the PLAY RECAP and the `set_stats` data.
 #[derive(Debug, Deserialize)]
 struct Stats {
@@ -117,8 +136,13 @@ pub struct RunReport {
     tasks_started: u64,
     live: Counters,
     recap: Option<Counters>,
+    /// Global `set_stats` data merged from the events, later keys winning.
     output: Map<String, Value>,
-    output_per_host: Map<String, Value>,
+    /// The same per host.
+    output_per_host: BTreeMap<String, Map<String, Value>>,
+    /// Ansible's aggregated custom stats from the final `stats` event.
+    ansible_output: Map<String, Value>,
+    ansible_output_per_host: Map<String, Value>,
     problems: Vec<String>,
     problems_total: usize,
     current_task: Option<String>,
@@ -139,6 +163,10 @@ impl RunReport {
             }
             Event::Result(result) => {
                 self.apply_result(result);
+                true
+            }
+            Event::SetStats(set) => {
+                self.apply_set_stats(set);
                 true
             }
             Event::Stats(stats) => {
@@ -163,14 +191,28 @@ impl RunReport {
         }
     }
 
-    /// The global `set_stats` data (`per_host: false`), as Ansible merged it.
+    /// The global `set_stats` data (`per_host: false`): every result's data
+    /// in arrival order, later keys winning.
     pub fn output(&self) -> Map<String, Value> {
-        self.output.clone()
+        let mut output = self.ansible_output.clone();
+        output.extend(self.output.clone());
+        output
     }
 
-    /// The `per_host: true` `set_stats` data: `{host: {...}}`.
+    /// The `per_host: true` `set_stats` data, `{host: {...}}`, merged per
+    /// host by the same rule.
     pub fn output_per_host(&self) -> Map<String, Value> {
-        self.output_per_host.clone()
+        let mut all = self.ansible_output_per_host.clone();
+        for (host, data) in &self.output_per_host {
+            let entry = all
+                .entry(host.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            match entry {
+                Value::Object(merged) => merged.extend(data.clone()),
+                other => *other = Value::Object(data.clone()),
+            }
+        }
+        all
     }
 
     /// True once any task started, i.e. Ansible got past parsing the playbook.
@@ -264,8 +306,22 @@ impl RunReport {
             recap.ignored = recap.ignored.saturating_add(host.ignored);
         }
         self.recap = Some(recap);
-        self.output = stats.custom_run.unwrap_or_default();
-        self.output_per_host = stats.custom_per_host.unwrap_or_default();
+        self.ansible_output = stats.custom_run.unwrap_or_default();
+        self.ansible_output_per_host = stats.custom_per_host.unwrap_or_default();
+    }
+
+    fn apply_set_stats(&mut self, set: SetStats) {
+        match set.hosts {
+            None => self.output.extend(set.data),
+            Some(hosts) => {
+                for host in hosts {
+                    self.output_per_host
+                        .entry(host)
+                        .or_default()
+                        .extend(set.data.clone());
+                }
+            }
+        }
     }
 }
 

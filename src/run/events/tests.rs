@@ -278,3 +278,109 @@ fn plugin_is_embedded_under_its_name() {
     assert!(CALLBACK_PLUGIN.contains(EVENTS_PATH_ENV));
     assert_eq!(CALLBACK_FILE_NAME, format!("{CALLBACK_NAME}.py"));
 }
+
+fn set_stats(hosts: Option<&[&str]>, data: Value) -> String {
+    json!({"kind": "set_stats", "hosts": hosts, "data": data}).to_string()
+}
+
+/// The final stats event with Ansible's own aggregation of the custom data.
+fn stats_with(custom_run: Value, custom_per_host: Value) -> String {
+    json!({"kind": "stats", "hosts": {"h1": {"ok": 1}},
+        "custom_run": custom_run, "custom_per_host": custom_per_host})
+    .to_string()
+}
+
+#[test]
+fn later_set_stats_calls_overwrite_earlier_values_whatever_ansible_aggregated() {
+    // Two calls writing vm_ip: with `aggregate: true` Ansible concatenates
+    // the strings, with `aggregate: false` it keeps the last; the output is
+    // the last value either way.
+    for ansible_value in ["10.0.0.5010.0.0.51", "10.0.0.51"] {
+        let report = replay(
+            [
+                set_stats(None, json!({"vm_ip": "10.0.0.50", "first": 1})),
+                set_stats(None, json!({"vm_ip": "10.0.0.51", "second": [2]})),
+                stats_with(
+                    json!({"vm_ip": ansible_value, "first": 1, "second": [2]}),
+                    json!({}),
+                ),
+            ]
+            .iter()
+            .map(String::as_str),
+        );
+        assert_eq!(
+            Value::Object(report.output()),
+            json!({"vm_ip": "10.0.0.51", "first": 1, "second": [2]})
+        );
+    }
+}
+
+#[test]
+fn output_is_merged_in_arrival_order_before_the_final_stats_too() {
+    let mut report = RunReport::default();
+    report
+        .apply_line(&set_stats(None, json!({"n": 1, "cfg": {"a": 1}})))
+        .unwrap();
+    report
+        .apply_line(&set_stats(None, json!({"n": 2, "cfg": {"b": 2}})))
+        .unwrap();
+    // Top-level keys are replaced whole: a nested object is not merged.
+    assert_eq!(
+        Value::Object(report.output()),
+        json!({"n": 2, "cfg": {"b": 2}})
+    );
+    assert!(report.output_per_host().is_empty());
+}
+
+#[test]
+fn per_host_data_is_merged_per_host_by_the_same_rule() {
+    let report = replay(
+        [
+            set_stats(Some(&["h1"]), json!({"name": "h1", "role": "web"})),
+            set_stats(Some(&["h2"]), json!({"name": "h2"})),
+            set_stats(Some(&["h1"]), json!({"name": "h1-final"})),
+            // A run_once task's per-host data applies to every host.
+            set_stats(Some(&["h1", "h2", "h3"]), json!({"batch": 7})),
+            set_stats(None, json!({"global": true})),
+            stats_with(
+                json!({"global": true}),
+                json!({"h1": {"name": "h1h1-final", "role": "web", "batch": 7},
+                       "h2": {"name": "h2", "batch": 7}, "h3": {"batch": 7}}),
+            ),
+        ]
+        .iter()
+        .map(String::as_str),
+    );
+    assert_eq!(
+        Value::Object(report.output_per_host()),
+        json!({"h1": {"name": "h1-final", "role": "web", "batch": 7},
+               "h2": {"name": "h2", "batch": 7}, "h3": {"batch": 7}})
+    );
+    assert_eq!(Value::Object(report.output()), json!({"global": true}));
+}
+
+#[test]
+fn data_no_set_stats_event_showed_comes_from_ansibles_stats() {
+    // A no_log set_stats result reaches the plugin censored; Ansible still
+    // records its data.
+    let report = replay(
+        [
+            set_stats(None, json!({"seen": "late"})),
+            set_stats(Some(&["h1"]), json!({"seen": 1})),
+            stats_with(
+                json!({"seen": "earlylate", "hidden": "secret-free"}),
+                json!({"h1": {"seen": 1, "hidden": 2}, "h2": {"only": "ansible"}}),
+            ),
+        ]
+        .iter()
+        .map(String::as_str),
+    );
+    assert_eq!(
+        Value::Object(report.output()),
+        json!({"seen": "late", "hidden": "secret-free"})
+    );
+    assert_eq!(
+        Value::Object(report.output_per_host()),
+        json!({"h1": {"seen": 1, "hidden": 2}, "h2": {"only": "ansible"}})
+    );
+}
