@@ -29,7 +29,8 @@ async fn ejabberd_cannot_share_a_group_but_runs_a_single_worker() {
     let sharing = setup.spawn();
     let connects = || sharing.log().matches("connected to the broker").count();
     assert!(
-        wait_until(DEADLINE, || sharing.log().contains(CANNOT_SHARE) || connects() > 3),
+        wait_until(DEADLINE, || sharing.log().contains(CANNOT_SHARE)
+            || connects() > 3),
         "{}",
         sharing.log()
     );
@@ -67,7 +68,12 @@ async fn ejabberd_cannot_share_a_group_but_runs_a_single_worker() {
     let done = observer.wait_final(&id, DEADLINE).await;
     assert_eq!(done["state"], "success", "{done}");
     assert_eq!(done["worker_id"], format!("{group}-w1"), "{done}");
-    assert!(observer.statuses(&id).iter().any(|s| s["state"] == "running"));
+    assert!(
+        observer
+            .statuses(&id)
+            .iter()
+            .any(|s| s["state"] == "running")
+    );
 
     // All that while, the sharing worker neither reconnected nor repeated
     // itself, and it is still not ready.

@@ -171,7 +171,11 @@ fn wait_readyz(http: &Http, worker: &Worker, status: u16) -> serde_json::Value {
         last = Some(reply);
         done
     });
-    assert!(reached, "/readyz never {status}: {last:?}\n{}", worker.log());
+    assert!(
+        reached,
+        "/readyz never {status}: {last:?}\n{}",
+        worker.log()
+    );
     last.unwrap().json()
 }
 
@@ -223,7 +227,10 @@ fn a_subscription_the_broker_refuses_keeps_the_worker_not_ready() {
     assert_eq!(body["checks"]["mqtt_subscribed"], false, "{body}");
     let log = refused.log();
     let line = log.lines().find(|l| l.contains(REFUSAL)).unwrap();
-    assert!(line.contains("NotAuthorized") && line.contains("ACL"), "{line}");
+    assert!(
+        line.contains("NotAuthorized") && line.contains("ACL"),
+        "{line}"
+    );
     assert!(line.contains(&tasks), "names the filter: {line}");
 
     // Allowed, the same worker is ready.
@@ -232,7 +239,12 @@ fn a_subscription_the_broker_refuses_keeps_the_worker_not_ready() {
     assert_eq!(body["checks"]["mqtt_subscribed"], true, "{body}");
     assert!(granted.log().contains("subscribed to task requests"));
     // Said once, and the refused worker is still not ready.
-    assert_eq!(refused.log().matches(REFUSAL).count(), 1, "{}", refused.log());
+    assert_eq!(
+        refused.log().matches(REFUSAL).count(),
+        1,
+        "{}",
+        refused.log()
+    );
     assert_eq!(refused_http.get("/readyz").status, 503);
 }
 

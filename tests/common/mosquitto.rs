@@ -122,7 +122,9 @@ pub fn dynsec_listener(
         users.push(client);
         let acls: Vec<serde_json::Value> = acls
             .iter()
-            .map(|(kind, topic)| serde_json::json!({"acltype": kind, "topic": topic, "allow": true}))
+            .map(
+                |(kind, topic)| serde_json::json!({"acltype": kind, "topic": topic, "allow": true}),
+            )
             .collect();
         roles.push(serde_json::json!({ "rolename": user, "acls": acls }));
     }
