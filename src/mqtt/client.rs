@@ -33,7 +33,7 @@ use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::link::{Backoff, Granted, HELD, Sharing, Subscription, broker_shares};
+use super::link::{Backoff, Granted, HELD, Sharing, Subscription, shared_available};
 use super::publisher::{ReplyRoute, ReplyRoutes};
 use super::topics::Topics;
 use super::window::PublishWindow;
@@ -235,8 +235,11 @@ pub async fn drive(
                 // A broker without shared subscriptions disconnects on a
                 // `$share` SUBSCRIBE (MQTT 5, 4.8.2): do not ask for it.
                 let topics = &inbound.topics;
-                let with_tasks =
-                    sharing.observe(topics.shares_tasks(), broker_shares(&ack), topics.group());
+                let with_tasks = sharing.observe(
+                    topics.shares_tasks(),
+                    shared_available(&ack),
+                    topics.group(),
+                );
                 let asked = subscription.insert(Subscription::new(topics, with_tasks));
                 asked.send(&client);
                 link.send_replace(LinkState {

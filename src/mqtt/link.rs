@@ -73,55 +73,61 @@ impl Backoff {
     }
 }
 
-/// Whether the broker said in its CONNACK that it has shared subscriptions.
-/// Absent means available (MQTT 5, 3.2.2.3.13).
-pub fn broker_shares(ack: &ConnAck) -> bool {
+/// What the broker said in its CONNACK about shared subscriptions:
+/// `Some(false)` for none, `Some(true)` for available, `None` when it did
+/// not say (which MQTT 5 defines as available, 3.2.2.3.13).
+pub fn shared_available(ack: &ConnAck) -> Option<bool> {
     ack.properties
         .as_ref()
         .and_then(|p| p.shared_subscription_available)
-        != Some(0)
+        .map(|available| available != 0)
 }
 
-/// Tells the user, once per change rather than once per connection, that a
-/// worker configured to share its group's requests is on a broker that
-/// cannot share them.
+/// Whether this broker can share the group's requests, as far as it has
+/// told, for a worker whose tasks filter is `$share/...`; and telling the
+/// user once per change, not once per connection, when it cannot.
 #[derive(Debug, Default)]
 pub struct Sharing {
+    /// The broker dropped a connection over a `$share` filter although its
+    /// CONNACK did not say it had none; believed until a CONNACK says
+    /// otherwise, so that later connections do not ask again.
+    refused: bool,
     told_unavailable: bool,
 }
 
 impl Sharing {
-    /// Notes what the broker said for a worker whose tasks filter is
-    /// `$share/...` (`wanted`); logs when that newly blocks or unblocks it.
-    /// Returns whether the tasks filter can be subscribed to.
-    pub fn observe(&mut self, wanted: bool, broker_shares: bool, group: &str) -> bool {
-        match self.change(wanted, broker_shares) {
-            Some(true) => tracing::error!(
-                "this broker cannot share a group: its CONNACK says it has no shared \
-                 subscriptions, so workers of group {group:?} cannot split its requests \
-                 and this worker takes none and stays not ready; to run a single worker \
-                 of the group on this broker, set `worker.shared_subscription = false`"
-            ),
-            Some(false) => tracing::info!("the broker now offers shared subscriptions"),
-            None => {}
+    /// Notes a CONNACK's `advertised` sharing for a worker that `wanted` to
+    /// share; returns whether to ask for the tasks filter.
+    pub fn observe(&mut self, wanted: bool, advertised: Option<bool>, group: &str) -> bool {
+        if advertised == Some(true) {
+            self.refused = false;
         }
-        !wanted || broker_shares
+        let unavailable = wanted && (advertised == Some(false) || self.refused);
+        self.tell(unavailable, group);
+        !unavailable
     }
 
-    /// The broker dropped the connection over the `$share` filter without
-    /// having said so in its CONNACK.
+    /// The broker dropped the connection over the `$share` filter
+    /// (DISCONNECT with *Shared Subscriptions not supported*).
     pub fn refused_on_subscribe(&mut self, group: &str) {
-        self.observe(true, false, group);
+        self.refused = true;
+        self.tell(true, group);
     }
 
-    /// `Some(true)` when sharing just became impossible, `Some(false)` when
-    /// it just became possible again, `None` when nothing changed.
-    fn change(&mut self, wanted: bool, broker_shares: bool) -> Option<bool> {
-        let unavailable = wanted && !broker_shares;
-        (unavailable != self.told_unavailable).then(|| {
-            self.told_unavailable = unavailable;
-            unavailable
-        })
+    fn tell(&mut self, unavailable: bool, group: &str) {
+        if unavailable == std::mem::replace(&mut self.told_unavailable, unavailable) {
+            return;
+        }
+        if unavailable {
+            tracing::error!(
+                "this broker cannot share a group: it has no shared subscriptions, so \
+                 workers of group {group:?} cannot split its requests, and this worker \
+                 takes none and stays not ready; to run a single worker of the group on \
+                 this broker, set `worker.shared_subscription = false`"
+            );
+        } else {
+            tracing::info!("the broker now offers shared subscriptions");
+        }
     }
 }
 
@@ -332,27 +338,42 @@ mod tests {
     }
 
     #[test]
-    fn only_an_explicit_zero_means_no_shared_subscriptions() {
-        assert!(broker_shares(&connack(None)));
-        assert!(broker_shares(&connack(Some(1))));
-        assert!(!broker_shares(&connack(Some(0))));
+    fn the_connack_says_whether_the_broker_shares() {
+        assert_eq!(shared_available(&connack(None)), None);
+        assert_eq!(shared_available(&connack(Some(1))), Some(true));
+        assert_eq!(shared_available(&connack(Some(0))), Some(false));
         let bare = ConnAck {
             properties: None,
             ..connack(None)
         };
-        assert!(broker_shares(&bare));
+        assert_eq!(shared_available(&bare), None);
     }
 
     #[test]
     fn a_broker_that_cannot_share_is_reported_once_per_change() {
         let mut sharing = Sharing::default();
-        assert_eq!(sharing.change(true, false), Some(true));
-        assert_eq!(sharing.change(true, false), None, "not again on reconnect");
-        assert_eq!(sharing.change(true, true), Some(false));
-        assert_eq!(sharing.change(true, true), None);
-        assert_eq!(sharing.change(false, false), None, "not wanted: fine");
-        assert!(sharing.observe(false, false, "g"));
-        assert!(!sharing.observe(true, false, "g"));
+        assert!(!sharing.observe(true, Some(false), "g"));
+        assert!(sharing.told_unavailable);
+        assert!(
+            !sharing.observe(true, Some(false), "g"),
+            "on every reconnect"
+        );
+        assert!(sharing.observe(true, Some(true), "g"));
+        assert!(!sharing.told_unavailable);
+        assert!(sharing.observe(false, Some(false), "g"), "not wanted: fine");
+        assert!(!sharing.told_unavailable);
+    }
+
+    #[test]
+    fn a_disconnect_over_share_is_believed_until_a_connack_says_otherwise() {
+        // A broker that does not say, then drops the `$share` SUBSCRIBE.
+        let mut sharing = Sharing::default();
+        assert!(sharing.observe(true, None, "g"));
+        sharing.refused_on_subscribe("g");
+        assert!(sharing.told_unavailable);
+        assert!(!sharing.observe(true, None, "g"), "not asked for again");
+        assert!(sharing.told_unavailable, "and not reported as fixed");
+        assert!(sharing.observe(true, Some(true), "g"));
     }
 
     fn topics(shared: bool) -> Topics {
