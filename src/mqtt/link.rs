@@ -185,11 +185,11 @@ impl Subscription {
             tracing::debug!(reasons = ?ack.return_codes, "a SUBACK of an earlier connection");
             return Granted::Stale;
         }
+        // Logged only when the broker gave one.
         let reason_string = ack
             .properties
             .as_ref()
-            .and_then(|p| p.reason_string.as_deref())
-            .unwrap_or("");
+            .and_then(|p| p.reason_string.as_deref());
         let mut tasks = false;
         for ((role, filter, _), code) in self.filters.iter().zip(&ack.return_codes) {
             match (code, role) {
