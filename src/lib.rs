@@ -231,7 +231,7 @@ async fn start_http(
             concurrency: worker.concurrency,
             playbook_directory: worker.playbook_directory.clone(),
             embedded_broker: config.broker.enabled.then_some(config.broker.listen),
-            ansible_playbook: run::resolve_program(&worker.ansible_playbook_path),
+            ansible_playbook: worker.ansible_playbook_path.clone(),
         }),
         token: config.http.token.clone(),
         token_for_reads: config.http.token_for_reads,

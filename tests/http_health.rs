@@ -161,3 +161,115 @@ async fn metrics_are_prometheus_text_and_count_finals_runs_and_refusals() {
     assert!(rejected[0]["task_id"].is_null(), "{rejected}");
     assert_eq!(rejected[1]["task_id"], "metered-invalid", "{rejected}");
 }
+
+/// Polls `/readyz` until its status is `status`; returns the last body.
+fn wait_readyz(http: &Http, worker: &Worker, status: u16) -> serde_json::Value {
+    let mut last = None;
+    let reached = wait_until(DEADLINE, || {
+        let reply = http.get("/readyz");
+        let done = reply.status == status;
+        last = Some(reply);
+        done
+    });
+    assert!(
+        reached,
+        "/readyz never {status}: {last:?}\n{}",
+        worker.log()
+    );
+    last.unwrap().json()
+}
+
+#[test]
+fn a_subscription_the_broker_refuses_keeps_the_worker_not_ready() {
+    let scratch = tempfile::TempDir::new().unwrap();
+    let group = unique("acl");
+    let tasks = format!("$share/ansible-worker-{group}/ansible/{group}/tasks");
+    let cancels = format!("ansible/{group}/tasks/+/cancel");
+    let denied: &[(&str, &str)] = &[
+        ("publishClientSend", "ansible/#"),
+        ("subscribePattern", &cancels),
+    ];
+    let allowed: &[(&str, &str)] = &[
+        ("publishClientSend", "ansible/#"),
+        ("subscribePattern", &cancels),
+        ("subscribePattern", &tasks),
+    ];
+    let auth_port = free_port();
+    let _broker = Mosquitto::start_with(&dynsec_listener(
+        scratch.path(),
+        auth_port,
+        "acl-pass",
+        &[("denied", denied), ("allowed", allowed)],
+    ));
+    let worker = |user: &str| {
+        let mut setup = WorkerSetup::new(&group, auth_port);
+        setup.worker_id = format!("{group}-{user}");
+        setup.extra_mqtt = format!("username = \"{user}\"\npassword = \"acl-pass\"");
+        setup.http_port = Some(free_port());
+        let http = Http::new(setup.http_port.unwrap());
+        let worker = setup.spawn();
+        http.wait_up(&worker);
+        (worker, http)
+    };
+
+    // The broker takes the login but refuses the tasks filter.
+    let (refused, refused_http) = worker("denied");
+    const REFUSAL: &str = "the broker refused the subscription to task requests";
+    let settled = wait_until(DEADLINE, || {
+        refused.log().contains(REFUSAL) || refused_http.get("/readyz").status == 200
+    });
+    assert!(settled, "{}", refused.log());
+    let readyz = refused_http.get("/readyz");
+    assert_eq!(readyz.status, 503, "{}\n{}", readyz.body, refused.log());
+    let body = readyz.json();
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["checks"]["mqtt_connected"], true, "{body}");
+    assert_eq!(body["checks"]["mqtt_subscribed"], false, "{body}");
+    let log = refused.log();
+    let line = log.lines().find(|l| l.contains(REFUSAL)).unwrap();
+    assert!(
+        line.contains("NotAuthorized") && line.contains("ACL"),
+        "{line}"
+    );
+    assert!(line.contains(&tasks), "names the filter: {line}");
+
+    // Allowed, the same worker is ready.
+    let (granted, granted_http) = worker("allowed");
+    let body = wait_readyz(&granted_http, &granted, 200);
+    assert_eq!(body["checks"]["mqtt_subscribed"], true, "{body}");
+    assert!(granted.log().contains("subscribed to task requests"));
+    // Said once, and the refused worker is still not ready.
+    assert_eq!(
+        refused.log().matches(REFUSAL).count(),
+        1,
+        "{}",
+        refused.log()
+    );
+    assert_eq!(refused_http.get("/readyz").status, 503);
+}
+
+#[test]
+fn readiness_follows_ansible_playbook_being_removed_and_restored() {
+    let bin = tempfile::TempDir::new().unwrap();
+    let program = bin.path().join("ansible-playbook");
+    std::os::unix::fs::symlink(ansible_playbook(), &program).unwrap();
+    let Appliance { worker, http, .. } = Appliance::start(&[], |dir, ports| {
+        replace_present(
+            &example_config(dir, ports),
+            &ansible_playbook().display().to_string(),
+            &program.display().to_string(),
+        )
+    });
+    let body = wait_readyz(&http, &worker, 200);
+    assert_eq!(body["checks"]["ansible_playbook"], true, "{body}");
+
+    let aside = bin.path().join("ansible-playbook.moved");
+    std::fs::rename(&program, &aside).unwrap();
+    let body = wait_readyz(&http, &worker, 503);
+    assert_eq!(body["checks"]["ansible_playbook"], false, "{body}");
+    assert_eq!(body["checks"]["mqtt_subscribed"], true, "{body}");
+
+    std::fs::rename(&aside, &program).unwrap();
+    let body = wait_readyz(&http, &worker, 200);
+    assert_eq!(body["checks"]["ansible_playbook"], true, "{body}");
+}

@@ -225,7 +225,7 @@ async fn a_repeated_request_runs_once_even_after_a_restart() {
     worker.restart();
     // A stopping worker unsubscribes, so the broker drops what is published
     // before the new life subscribes again: wait for the subscription.
-    wait_log_count(&worker, "subscribed reasons=[Success(ExactlyOnce)]", 2);
+    wait_log_count(&worker, "subscribed to task requests", 2);
     observer.submit(request).await;
     wait_log_count(&worker, "admission=Duplicate", 2);
     // The final status was published again, unchanged.

@@ -1,7 +1,8 @@
 //! `/healthz` (the process answers), `/readyz` (it can do its job) and
 //! `/metrics` (Prometheus text). Never behind the token.
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Json;
@@ -26,37 +27,62 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when connected and subscribed to the broker, the embedded broker (if
-/// any) accepts connections, and `ansible-playbook` was found; else 503.
-/// The body lists each check.
+/// 200 when every readiness check passes, else 503; the body names each
+/// check and its result.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let link = *state.link.borrow();
-    let embedded = match state.info.embedded_broker {
-        Some(addr) => {
-            let target = crate::broker::loopback_for(addr);
-            tokio::task::spawn_blocking(move || {
-                TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_ok()
-            })
-            .await
-            .unwrap_or(false)
-        }
-        None => true,
-    };
-    let checks = json!({
-        "mqtt_connected": link.up,
-        "mqtt_subscribed": link.up && link.subscribed,
-        "embedded_broker": embedded,
-        "ansible_playbook": state.info.ansible_playbook.is_some(),
-    });
-    let ready = checks
-        .as_object()
-        .is_some_and(|all| all.values().all(|ok| ok == true));
+    let checks = readiness(&state).await;
+    let ready = checks.iter().all(|(_, ok)| *ok);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let checks: serde_json::Map<String, Value> = checks
+        .into_iter()
+        .map(|(name, ok)| (name.to_owned(), Value::Bool(ok)))
+        .collect();
     (status, Json(json!({ "ready": ready, "checks": checks })))
+}
+
+/// Each named check `/readyz` makes, in the order it reports them: connected
+/// to the broker, granted the tasks subscription (a broker ACL may refuse
+/// it), the embedded broker (if any) accepts connections, and
+/// `ansible-playbook` is there now (it may have been removed or renamed since
+/// start).
+async fn readiness(state: &AppState) -> Vec<(&'static str, bool)> {
+    let link = *state.link.borrow();
+    let (embedded, ansible) = tokio::join!(
+        embedded_broker_answers(state.info.embedded_broker),
+        program_found(state.info.ansible_playbook.clone()),
+    );
+    vec![
+        ("mqtt_connected", link.up),
+        ("mqtt_subscribed", link.up && link.subscribed),
+        ("embedded_broker", embedded),
+        ("ansible_playbook", ansible),
+    ]
+}
+
+/// True when there is no embedded broker or its MQTT 5 listener accepts a
+/// connection.
+async fn embedded_broker_answers(listen: Option<SocketAddr>) -> bool {
+    let Some(addr) = listen else {
+        return true;
+    };
+    let target = crate::broker::loopback_for(addr);
+    tokio::task::spawn_blocking(move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(1)).is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Whether `program` resolves to an executable file now (file system
+/// look-ups, so off the async workers).
+async fn program_found(program: PathBuf) -> bool {
+    tokio::task::spawn_blocking(move || crate::run::resolve_program(&program).is_some())
+        .await
+        .unwrap_or(false)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -83,8 +83,9 @@ pub struct WorkerInfo {
     pub playbook_directory: PathBuf,
     /// The embedded broker's MQTT 5 listener, when it runs here.
     pub embedded_broker: Option<SocketAddr>,
-    /// `ansible-playbook` as resolved at start (None: not found).
-    pub ansible_playbook: Option<PathBuf>,
+    /// `ansible-playbook` as configured (a path, or a name looked up on
+    /// `PATH`); `/readyz` looks for it on every probe.
+    pub ansible_playbook: PathBuf,
 }
 
 /// The whole router: dashboard, API, events, health and metrics, behind

@@ -3,11 +3,14 @@
 //! to intake and the task table.
 //!
 //! rumqttc neither backs off nor resubscribes (MQTT-NOTES.md): after a failed
-//! poll this loop sleeps (exponential, capped, with jitter) and polls again;
-//! every ConnAck subscribes again (a resumed session may lack the tasks
-//! subscription, which a clean shutdown removes). The connection state is
-//! published on a `watch` channel so the status publisher can catch up after
-//! each reconnect.
+//! poll this loop sleeps (exponential, capped, with jitter: `link::Backoff`)
+//! and polls again; every ConnAck subscribes again (a resumed session may
+//! lack the tasks subscription, which a clean shutdown removes). The
+//! connection counts as subscribed only once the SUBACK granted the tasks
+//! filter, and a broker that cannot share a group is told about once
+//! (`link`). The connection state is published on a `watch` channel so the
+//! status publisher can catch up after each reconnect, and `/readyz` can say
+//! whether tasks can arrive.
 //!
 //! Nothing received is lost to a crash: against an external broker the
 //! session persists (`clean_start = false`, `mqtt.session_expiry`, client id
@@ -20,16 +23,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet, Publish};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::link::{Backoff, Granted, HELD, Sharing, Subscription, shared_available};
 use super::topics::Topics;
 use super::window::PublishWindow;
 use crate::config::{Config, TlsConfig};
@@ -63,7 +67,8 @@ pub struct LinkState {
     pub up: bool,
     /// Counts successful connects; changes on every reconnect.
     pub generation: u64,
-    /// The broker acknowledged the subscriptions of this connection.
+    /// The broker granted this connection the tasks filter (a refused one,
+    /// or one not asked for, leaves it false).
     pub subscribed: bool,
 }
 
@@ -81,40 +86,6 @@ pub enum ClientError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Exponential backoff with jitter between reconnect attempts.
-#[derive(Debug)]
-pub struct Backoff {
-    initial: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starts at `initial` and doubles up to `cap`.
-    pub fn new(initial: Duration, cap: Duration) -> Self {
-        Backoff {
-            initial,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The next delay: the doubled base, capped, scaled by a random 50–100 %.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(self.attempt))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        base.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-
-    /// Back to the initial delay (after a successful connect).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
 }
 
 /// MQTT options of the worker's own connection: [`mqtt_options`] plus manual
@@ -264,8 +235,9 @@ pub async fn drive(
     link: watch::Sender<LinkState>,
     abort: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    let filter = inbound.topics.tasks_filter();
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30), HELD);
+    let mut sharing = Sharing::default();
+    let mut subscription: Option<Subscription> = None;
     let mut generation = 0;
     loop {
         let event = tokio::select! {
@@ -274,7 +246,6 @@ pub async fn drive(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff.reset();
                 inbound.window.reset();
                 generation += 1;
                 if generation > 1 {
@@ -284,8 +255,16 @@ pub async fn drive(
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
-                subscribe(&client, &filter, QoS::ExactlyOnce);
-                subscribe(&client, &inbound.topics.cancel_filter(), QoS::AtLeastOnce);
+                // A broker without shared subscriptions disconnects on a
+                // `$share` SUBSCRIBE (MQTT 5, 4.8.2): do not ask for it.
+                let topics = &inbound.topics;
+                let with_tasks = sharing.observe(
+                    topics.shares_tasks(),
+                    shared_available(&ack),
+                    topics.group(),
+                );
+                let asked = subscription.insert(Subscription::new(topics, with_tasks));
+                asked.send(&client);
                 link.send_replace(LinkState {
                     up: true,
                     generation,
@@ -294,8 +273,11 @@ pub async fn drive(
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => inbound.window.acknowledged(),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                tracing::info!(reasons = ?ack.return_codes, "subscribed");
-                link.send_if_modified(|state| !std::mem::replace(&mut state.subscribed, true));
+                let granted = subscription.as_ref().map(|asked| asked.granted(&ack));
+                if granted == Some(Granted::Tasks(true)) {
+                    backoff.serving(Instant::now());
+                    link.send_if_modified(|state| !std::mem::replace(&mut state.subscribed, true));
+                }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let recorded = receive(&inbound, &publish);
@@ -317,14 +299,21 @@ pub async fn drive(
             }
             Ok(_) => {}
             Err(e) => {
-                if let ConnectionError::MqttState(StateError::Unsolicited(pkid)) = e {
-                    expect_release(&mut eventloop, pkid);
+                match e {
+                    ConnectionError::MqttState(StateError::Unsolicited(pkid)) => {
+                        expect_release(&mut eventloop, pkid);
+                    }
+                    ConnectionError::MqttState(StateError::ServerDisconnect {
+                        reason_code: DisconnectReasonCode::SharedSubscriptionNotSupported,
+                        ..
+                    }) => sharing.refused_on_subscribe(inbound.topics.group()),
+                    _ => {}
                 }
                 link.send_if_modified(|state| {
                     state.subscribed = false;
                     std::mem::replace(&mut state.up, false)
                 });
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay(Instant::now());
                 tracing::warn!("broker connection failed: {e}; retrying in {delay:.1?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -357,12 +346,6 @@ fn expect_release(eventloop: &mut EventLoop, pkid: u16) {
         pkid,
         "the broker released a request from before a disconnect"
     );
-}
-
-fn subscribe(client: &AsyncClient, filter: &str, qos: QoS) {
-    if let Err(e) = client.try_subscribe(filter, qos) {
-        tracing::error!("cannot subscribe to {filter}: {e}");
-    }
 }
 
 /// Hands a message on; returns what its acknowledgement must wait for.
@@ -495,17 +478,5 @@ mod tests {
         assert!(max_packet_size(&small) as usize > 8 * 1024 * 1024);
         let big = config_with("max_request_size = 4294967296", "");
         assert_eq!(max_packet_size(&big) as usize, MQTT_MAX_PACKET);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        let later: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
-        assert!(later.iter().all(|d| *d <= Duration::from_secs(1)));
-        assert!(later.last().unwrap() >= &Duration::from_millis(500));
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -1,9 +1,11 @@
 //! The worker's MQTT side: one client connection (`client`), the status
 //! publisher fed by the task table's change stream (`publisher`), the
-//! presence document and will (`presence`), and the topic names of
-//! PROTOCOL.md (`topics`). [`MqttSide`] wires them together for `run`.
+//! presence document and will (`presence`), what the broker granted and
+//! when to reconnect (`link`), and the topic names of PROTOCOL.md
+//! (`topics`). [`MqttSide`] wires them together for `run`.
 
 pub mod client;
+pub mod link;
 pub mod presence;
 pub mod publisher;
 pub mod topics;

@@ -93,6 +93,16 @@ impl Topics {
         }
     }
 
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Whether the tasks filter is a shared subscription (`$share/...`).
+    pub fn shares_tasks(&self) -> bool {
+        self.shared
+    }
+
     /// `P/G/tasks`: where controllers publish requests.
     pub fn tasks(&self) -> String {
         format!("{}/{}/tasks", self.prefix, self.group)

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use super::progress::{Final, Follower};
 use super::{ACK_TIMEOUT, SubmitError};
 use crate::config::Config;
-use crate::mqtt::client::{self as mqtt_client, Backoff, mqtt_options};
+use crate::mqtt::client::{self as mqtt_client, mqtt_options};
+use crate::mqtt::link::{Backoff, HELD};
 
 /// Time allowed for the DISCONNECT to go out at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -82,7 +83,7 @@ impl Session {
             broker: format!("{host}:{port}"),
             ever_connected: false,
             up: false,
-            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10), HELD),
         })
     }
 
@@ -252,7 +253,7 @@ impl Session {
                             self.broker
                         );
                     }
-                    tokio::time::sleep(self.backoff.next_delay()).await;
+                    tokio::time::sleep(self.backoff.next_delay(std::time::Instant::now())).await;
                     continue;
                 }
             };
@@ -262,7 +263,8 @@ impl Session {
                         eprintln!("ansible-worker: reconnected to {}", self.broker);
                     }
                     (self.ever_connected, self.up) = (true, true);
-                    self.backoff.reset();
+                    // Only a connection that then holds starts the backoff over.
+                    self.backoff.serving(std::time::Instant::now());
                     Step::Connected
                 }
                 Packet::SubAck(ack) => Step::SubAck(ack.return_codes),

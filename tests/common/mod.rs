@@ -3,6 +3,7 @@
 //! everything:
 //!
 //! - `mosquitto`: a Mosquitto broker on a free loopback port;
+//! - `ejabberd`: ejabberd's MQTT broker (no shared subscriptions) on one;
 //! - `worker`: the `ansible-worker` binary with a generated or given config;
 //! - `observer`: an MQTT client that records every status document;
 //! - `procs`: processes found and killed through `/proc`;
@@ -17,6 +18,7 @@
 
 mod ansible;
 mod appliance;
+mod ejabberd;
 mod http;
 mod ledger;
 mod mosquitto;
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 // Each test binary uses a different part of these, too.
 #[allow(unused_imports)]
 pub use self::{
-    ansible::*, appliance::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
+    ansible::*, appliance::*, ejabberd::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
     prometheus::*, sse::*, worker::*,
 };
 

@@ -87,3 +87,55 @@ impl Drop for Mosquitto {
         self.stop();
     }
 }
+
+/// Mosquitto's dynamic-security plugin on a listener of its own, with one
+/// client per `(user, acls)`: each logs in with `password` and may do what
+/// its `(acltype, topic)` pairs allow (e.g. `("subscribePattern",
+/// "a/+/b")`), nothing else. It can refuse a SUBSCRIBE in the SUBACK; the
+/// plain `acl_file` of Mosquitto 2.0 grants every SUBSCRIBE and only filters
+/// what it delivers. Returns the lines for [`Mosquitto::start_with`].
+pub fn dynsec_listener(
+    dir: &std::path::Path,
+    port: u16,
+    password: &str,
+    clients: &[(&str, &[(&str, &str)])],
+) -> String {
+    let file = dir.join("dynamic-security.json");
+    // `init` hashes the password; every client below reuses that hash.
+    let made = Command::new("mosquitto_ctrl")
+        .args(["dynsec", "init"])
+        .arg(&file)
+        .args([clients[0].0, password])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let login = config["clients"][0].clone();
+    let mut users = Vec::new();
+    let mut roles = Vec::new();
+    for (user, acls) in clients {
+        let mut client = login.clone();
+        client["username"] = (*user).into();
+        client["roles"] = serde_json::json!([{ "rolename": user }]);
+        users.push(client);
+        let acls: Vec<serde_json::Value> = acls
+            .iter()
+            .map(
+                |(kind, topic)| serde_json::json!({"acltype": kind, "topic": topic, "allow": true}),
+            )
+            .collect();
+        roles.push(serde_json::json!({ "rolename": user, "acls": acls }));
+    }
+    config["clients"] = users.into();
+    config["roles"] = roles.into();
+    std::fs::write(&file, config.to_string()).unwrap();
+    format!(
+        "listener {port} 127.0.0.1\nallow_anonymous false\n\
+         plugin /usr/lib/{}-linux-gnu/mosquitto_dynamic_security.so\n\
+         plugin_opt_config_file {}\n",
+        std::env::consts::ARCH,
+        file.display()
+    )
+}

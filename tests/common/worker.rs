@@ -26,6 +26,8 @@ pub struct WorkerSetup {
     pub extra_worker: String,
     /// Extra `[mqtt]` lines.
     pub extra_mqtt: String,
+    /// Serve `/readyz` and the API on 127.0.0.1 and this port.
+    pub http_port: Option<u16>,
     /// Environment variables for the worker process.
     pub env: Vec<(String, String)>,
 }
@@ -45,11 +47,13 @@ impl WorkerSetup {
             shared_subscription: true,
             extra_worker: String::new(),
             extra_mqtt: String::new(),
+            http_port: None,
             env: Vec::new(),
         }
     }
 
-    /// Starts the worker binary with this setup and waits until it subscribed.
+    /// Starts the worker binary with this setup and waits until the broker
+    /// granted its subscription to task requests.
     pub fn start(&self) -> Worker {
         let worker = Worker::spawn(self);
         assert!(
@@ -78,6 +82,10 @@ pub struct Worker {
 impl Worker {
     fn spawn(setup: &WorkerSetup) -> Self {
         let dir = TempDir::new().unwrap();
+        let http = setup
+            .http_port
+            .map(|port| format!("[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n"))
+            .unwrap_or_default();
         let config = format!(
             r#"log_level = "debug"
 [worker]
@@ -98,7 +106,7 @@ host = "127.0.0.1"
 port = {port}
 keepalive = 5
 {extra_mqtt}
-"#,
+{http}"#,
             group = setup.group,
             worker_id = setup.worker_id,
             playbooks = setup.playbook_directory.display(),
