@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::journal::JournalHealth;
 
 /// The health routes.
 pub fn routes() -> Router<AppState> {
@@ -27,8 +28,9 @@ async fn healthz() -> Json<Value> {
 }
 
 /// 200 when connected and subscribed to the broker, the embedded broker (if
-/// any) accepts connections, and `ansible-playbook` was found; else 503.
-/// The body lists each check.
+/// any) accepts connections, `ansible-playbook` was found, and the task
+/// journal can be written; else 503. The body lists each check, and why the
+/// journal fails (`journal_error`, e.g. "database or disk is full").
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let link = *state.link.borrow();
     let embedded = match state.info.embedded_broker {
@@ -42,11 +44,13 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         }
         None => true,
     };
+    let journal = state.table.journal_health().borrow().clone();
     let checks = json!({
         "mqtt_connected": link.up,
         "mqtt_subscribed": link.up && link.subscribed,
         "embedded_broker": embedded,
         "ansible_playbook": state.info.ansible_playbook.is_some(),
+        "journal": !journal.is_failing(),
     });
     let ready = checks
         .as_object()
@@ -56,7 +60,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready, "checks": checks })))
+    let mut body = json!({ "ready": ready, "checks": checks });
+    if let JournalHealth::Failing(reason) = journal {
+        body["journal_error"] = Value::String(reason);
+    }
+    (status, Json(body))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -35,6 +35,7 @@ use super::topics::Topics;
 use super::window::PublishWindow;
 use crate::config::{Config, TlsConfig};
 use crate::intake::{IntakePolicy, Refusal, parse_request};
+use crate::journal::JournalHealth;
 use crate::table::{Cancel, TaskTable};
 
 /// Largest packet the client accepts: the broker limit (1 MiB) plus headroom
@@ -243,10 +244,15 @@ pub async fn drive(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let filter = inbound.topics.tasks_filter();
+    let mut journal = inbound.table.journal_health();
     let mut generation = 0;
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
+            Ok(()) = journal.changed() => {
+                follow_journal(&client, &filter, &journal.borrow_and_update(), &link);
+                continue;
+            }
             _ = abort.cancelled() => return,
         };
         match event {
@@ -261,7 +267,7 @@ pub async fn drive(
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
-                subscribe(&client, &filter, QoS::ExactlyOnce);
+                subscribe_tasks(&client, &filter, &journal.borrow());
                 subscribe(&client, &inbound.topics.cancel_filter(), QoS::AtLeastOnce);
                 link.send_replace(LinkState {
                     up: true,
@@ -334,6 +340,42 @@ fn expect_release(eventloop: &mut EventLoop, pkid: u16) {
         pkid,
         "the broker released a request from before a disconnect"
     );
+}
+
+/// Takes requests only while the journal can record them: while it cannot,
+/// the tasks filter is unsubscribed, so the broker hands new requests to
+/// other members of the group (one already received stays unacknowledged
+/// until its task is recorded, or is redelivered after a crash); once
+/// commits succeed again, it is subscribed again.
+fn follow_journal(
+    client: &AsyncClient,
+    filter: &str,
+    health: &JournalHealth,
+    link: &watch::Sender<LinkState>,
+) {
+    match health {
+        JournalHealth::Failing(reason) => {
+            tracing::warn!(
+                "not taking task requests: the task journal cannot be written ({reason})"
+            );
+            if let Err(e) = client.try_unsubscribe(filter) {
+                tracing::error!("cannot unsubscribe from {filter}: {e}");
+            }
+            // The next SubAck (of the subscription below) sets it again.
+            link.send_if_modified(|state| std::mem::replace(&mut state.subscribed, false));
+        }
+        JournalHealth::Writable => {
+            tracing::info!("taking task requests again: the task journal is writable");
+            subscribe(client, filter, QoS::ExactlyOnce);
+        }
+    }
+}
+
+/// Subscribes to task requests unless the journal cannot record them.
+fn subscribe_tasks(client: &AsyncClient, filter: &str, journal: &JournalHealth) {
+    if !journal.is_failing() {
+        subscribe(client, filter, QoS::ExactlyOnce);
+    }
 }
 
 fn subscribe(client: &AsyncClient, filter: &str, qos: QoS) {
