@@ -207,6 +207,8 @@ async fn closing_while_commits_fail_publishes_nothing_of_them() {
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch(FAIL_WRITES).unwrap();
     journal.record(record(1, "a", TaskState::Failed));
+    let mut health = journal.health();
+    health.wait_for(JournalHealth::is_failing).await.unwrap();
     journal.close().await;
     let seen: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok())
         .map(|status| status.state)
