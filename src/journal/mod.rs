@@ -125,10 +125,7 @@ impl Journal {
     pub fn open(path: &Path) -> Result<(Journal, Vec<StoredTask>), JournalError> {
         let mut conn = store::open(path)?;
         let stored = store::load(&conn, path)?;
-        let checkpoints = rusqlite::Connection::open(path).map_err(|e| JournalError {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let checkpoints = store::open_checkpointer(path)?;
         let (ops, rx) = std_mpsc::channel();
         // One waiting request is enough: the checkpointer truncates once for
         // however many finals came before it got to it. The writer dropping

@@ -90,6 +90,22 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
     Ok(conn)
 }
 
+/// A second connection for checkpoints. It never waits for the writer
+/// (busy timeout 0): a truncating checkpoint that finds the writer busy
+/// gives up at once and is tried again a moment later, instead of holding
+/// the writer's next commit (and the acknowledgements waiting on it) behind
+/// a queue of busy-handler sleeps.
+pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, JournalError> {
+    let conn = Connection::open(path).and_then(|conn| {
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        Ok(conn)
+    });
+    conn.map_err(|e| JournalError {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// Copies the WAL into the database file without blocking the writer
 /// (a passive checkpoint, on a connection of its own).
 pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
@@ -98,9 +114,12 @@ pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Copies the whole WAL into the database file and truncates the WAL to
 /// zero bytes, so that no older version of a page (a cleared request, say)
-/// is left in it. Waits for the writer (busy timeout); false if it could not
-/// finish (the writer or a reader held on), to be tried again.
+/// is left in it. A passive checkpoint first does the bulk of the copying
+/// without locking the writer out, so the truncating one holds it only
+/// briefly. False if it could not finish (the writer was busy), to be tried
+/// again.
 pub(super) fn checkpoint_truncate(conn: &Connection) -> rusqlite::Result<bool> {
+    checkpoint(conn)?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
         row.get::<_, i64>(0)
     })
