@@ -121,6 +121,14 @@ async fn submit(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(mut request) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    // Not taking requests while it cannot record them (`/readyz` says why).
+    if state.table.journal_health().borrow().is_failing() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this worker cannot record tasks right now (its journal cannot be written); \
+             try again shortly",
+        ));
+    }
     let Some(fields) = request.as_object_mut() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -14,6 +14,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::journal::JournalHealth;
 
 /// The health routes.
 pub fn routes() -> Router<AppState> {
@@ -28,9 +29,12 @@ async fn healthz() -> Json<Value> {
 }
 
 /// 200 when every readiness check passes, else 503; the body names each
-/// check and its result.
+/// check and its result, and why the journal fails (`journal_error`, e.g.
+/// "database or disk is full").
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let checks = readiness(&state).await;
+    let journal = state.table.journal_health().borrow().clone();
+    let mut checks = readiness(&state).await;
+    checks.push(("journal", !journal.is_failing()));
     let ready = checks.iter().all(|(_, ok)| *ok);
     let status = if ready {
         StatusCode::OK
@@ -41,7 +45,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .into_iter()
         .map(|(name, ok)| (name.to_owned(), Value::Bool(ok)))
         .collect();
-    (status, Json(json!({ "ready": ready, "checks": checks })))
+    let mut body = json!({ "ready": ready, "checks": checks });
+    if let JournalHealth::Failing(reason) = journal {
+        body["journal_error"] = Value::String(reason);
+    }
+    (status, Json(body))
 }
 
 /// Each named check `/readyz` makes, in the order it reports them: connected

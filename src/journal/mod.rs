@@ -11,8 +11,19 @@
 //! disk. [`Journal::flushed`] resolves once everything handed over before it
 //! is committed; the MQTT side acknowledges a task request only then.
 //!
+//! A commit that fails (the state dir's file system is full, say) is held and
+//! retried until it succeeds (`writer`): no status of it leaves the process
+//! meanwhile, and [`Journal::health`] says the journal is failing and why, so
+//! the worker stops taking requests and `/readyz` fails until it recovers.
+//!
 //! Durability: committed changes survive a crash of this process; with
 //! `synchronous = NORMAL` a power loss may lose the newest commits.
+//!
+//! Secrets: a request may carry secrets in `extra_vars`; once its task is
+//! final the row drops it, SQLite overwrites the freed bytes
+//! (`secure_delete`), and a truncating checkpoint soon after removes the old
+//! copies from the WAL, so the request's bytes are in none of the journal's
+//! files within seconds of the final status.
 //!
 //! It does not decide anything: what a restored task becomes is the table's
 //! business.
@@ -20,23 +31,19 @@
 mod store;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::model::{TaskSpec, TaskStatus};
 use crate::table::view::RequestSummary;
 
 /// File name of the journal inside `worker.state_dir`.
 pub const JOURNAL_FILE: &str = "journal.sqlite";
-/// Most changes written in one transaction.
-const MAX_BATCH: usize = 4096;
-/// How often the WAL is copied into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The journal could not be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +53,25 @@ pub struct JournalError {
     pub path: PathBuf,
     /// What went wrong.
     pub reason: String,
+}
+
+/// Whether the journal can record changes, as its writer last found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum JournalHealth {
+    /// The last commit succeeded.
+    #[default]
+    Writable,
+    /// Commits fail (SQLite's reason, e.g. "database or disk is full"); the
+    /// changes wait in memory and are retried, and none of their statuses
+    /// leaves the process until one succeeds.
+    Failing(String),
+}
+
+impl JournalHealth {
+    /// True while commits fail.
+    pub fn is_failing(&self) -> bool {
+        matches!(self, JournalHealth::Failing(_))
+    }
 }
 
 /// One change of one task, as the table hands it over.
@@ -91,6 +117,7 @@ enum Op {
 #[derive(Clone, Debug)]
 pub struct Journal {
     ops: std_mpsc::Sender<Op>,
+    health: watch::Receiver<JournalHealth>,
 }
 
 impl Journal {
@@ -98,29 +125,27 @@ impl Journal {
     pub fn open(path: &Path) -> Result<(Journal, Vec<StoredTask>), JournalError> {
         let mut conn = store::open(path)?;
         let stored = store::load(&conn, path)?;
-        let checkpoints = rusqlite::Connection::open(path).map_err(|e| JournalError {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let checkpoints = store::open_checkpointer(path)?;
         let (ops, rx) = std_mpsc::channel();
-        let (writer_alive, writer_gone) = std_mpsc::channel::<()>();
+        // One waiting request is enough: the checkpointer truncates once for
+        // however many finals came before it got to it. The writer dropping
+        // its end ends the checkpointer.
+        let (truncate, truncate_requests) = std_mpsc::sync_channel::<()>(1);
+        let (health_tx, health) = watch::channel(JournalHealth::Writable);
         let file = path.to_path_buf();
         let spawned = thread::Builder::new()
             .name("journal".into())
-            .spawn(move || {
-                write_loop(&mut conn, &file, rx);
-                drop(writer_alive);
-            })
+            .spawn(move || writer::write_loop(&mut conn, &file, rx, health_tx, truncate))
             .and_then(|_| {
                 thread::Builder::new()
                     .name("journal-checkpoint".into())
-                    .spawn(move || checkpoint_loop(&checkpoints, &writer_gone))
+                    .spawn(move || writer::checkpoint_loop(&checkpoints, &truncate_requests))
             });
         spawned.map_err(|e| JournalError {
             path: path.to_path_buf(),
             reason: format!("cannot start the journal threads: {e}"),
         })?;
-        Ok((Journal { ops }, stored))
+        Ok((Journal { ops, health }, stored))
     }
 
     /// Records a change; it is committed with the next batch and then
@@ -140,13 +165,18 @@ impl Journal {
     }
 
     /// Resolves once every change handed over before this call is committed
-    /// (or its commit failed, which is logged).
+    /// (while commits fail, that waits; at shutdown it resolves either way).
     pub fn flushed(&self) -> impl Future<Output = ()> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Flush(tx));
         async move {
             let _ = rx.await;
         }
+    }
+
+    /// Whether commits succeed, as it changes.
+    pub fn health(&self) -> watch::Receiver<JournalHealth> {
+        self.health.clone()
     }
 
     /// Every committed status from now on, in order.
@@ -161,7 +191,8 @@ impl Journal {
         self.send(Op::CloseSubscribers);
     }
 
-    /// Commits what is pending and stops the writer thread.
+    /// Commits what is pending and stops the writer thread (giving up on
+    /// what cannot be committed: those statuses are never published).
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Close(tx));
@@ -172,73 +203,4 @@ impl Journal {
         // The thread only ends on `close`; later changes have nowhere to go.
         let _ = self.ops.send(op);
     }
-}
-
-fn write_loop(conn: &mut rusqlite::Connection, path: &Path, ops: std_mpsc::Receiver<Op>) {
-    let mut subscribers: Vec<mpsc::UnboundedSender<TaskStatus>> = Vec::new();
-    let mut failing = false;
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let writes = batch.iter().filter_map(|op| match op {
-            Op::Write(record) => Some(store::Write::Upsert(record)),
-            Op::Forget(task_id) => Some(store::Write::Forget(task_id)),
-            _ => None,
-        });
-        match store::apply(conn, writes) {
-            Ok(()) if failing => {
-                tracing::info!("the task journal {} is writable again", path.display());
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                // The tasks keep running; only their restart recovery is lost.
-                tracing::error!("cannot write the task journal {}: {e}", path.display());
-                failing = true;
-            }
-        }
-        let mut close = None;
-        for op in batch {
-            match op {
-                Op::Write(record) => forward(&mut subscribers, record.status),
-                Op::Relay(status) => forward(&mut subscribers, *status),
-                Op::Forget(_) => {}
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Op::Subscribe(subscriber) => subscribers.push(subscriber),
-                Op::CloseSubscribers => subscribers.clear(),
-                Op::Close(done) => close = Some(done),
-            }
-        }
-        if let Some(done) = close {
-            let _ = done.send(());
-            return;
-        }
-    }
-}
-
-/// Checkpoints every [`CHECKPOINT_EVERY`] until the writer thread ended.
-fn checkpoint_loop(conn: &rusqlite::Connection, writer_gone: &std_mpsc::Receiver<()>) {
-    while let Err(std_mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY)
-    {
-        if let Err(e) = store::checkpoint(conn) {
-            tracing::warn!("cannot checkpoint the task journal: {e}");
-        }
-    }
-}
-
-fn forward(subscribers: &mut Vec<mpsc::UnboundedSender<TaskStatus>>, status: TaskStatus) {
-    if let [only] = subscribers.as_slice() {
-        if only.send(status).is_err() {
-            subscribers.clear();
-        }
-        return;
-    }
-    subscribers.retain(|subscriber| subscriber.send(status.clone()).is_ok());
 }

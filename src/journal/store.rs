@@ -4,8 +4,10 @@
 //! One row per task holds its newest status document, its request summary
 //! and, while the task is queued or running, the checked request itself (so a
 //! queued task can run after a restart). The request, which may carry
-//! secrets in `extra_vars`, is dropped from the row once the task is final;
-//! the file is created `0600`.
+//! secrets in `extra_vars`, is dropped from the row once the task is final,
+//! and `secure_delete` makes SQLite overwrite the bytes it frees (in the page
+//! and in pages it frees) instead of leaving them behind; the file is created
+//! `0600`.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -68,6 +70,8 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // Once checkpointed, a grown WAL file is cut back to this size.
         conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
+        // A cleared request must not survive in free space or free pages.
+        conn.pragma_update(None, "secure_delete", true)?;
         conn.execute_batch(SCHEMA)?;
         conn.query_row("PRAGMA user_version", [], |row| row.get(0))
     };
@@ -86,10 +90,40 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
     Ok(conn)
 }
 
+/// A second connection for checkpoints. It never waits for the writer
+/// (busy timeout 0): a truncating checkpoint that finds the writer busy
+/// gives up at once and is tried again a moment later, instead of holding
+/// the writer's next commit (and the acknowledgements waiting on it) behind
+/// a queue of busy-handler sleeps.
+pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, JournalError> {
+    let conn = Connection::open(path).and_then(|conn| {
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        Ok(conn)
+    });
+    conn.map_err(|e| JournalError {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// Copies the WAL into the database file without blocking the writer
 /// (a passive checkpoint, on a connection of its own).
 pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
+/// Copies the whole WAL into the database file and truncates the WAL to
+/// zero bytes, so that no older version of a page (a cleared request, say)
+/// is left in it. A passive checkpoint first does the bulk of the copying
+/// without locking the writer out, so the truncating one holds it only
+/// briefly. False if it could not finish (the writer was busy), to be tried
+/// again.
+pub(super) fn checkpoint_truncate(conn: &Connection) -> rusqlite::Result<bool> {
+    checkpoint(conn)?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map(|busy| busy == 0)
 }
 
 /// Every task the journal holds, oldest first.

@@ -38,6 +38,7 @@ use super::topics::Topics;
 use super::window::PublishWindow;
 use crate::config::{Config, TlsConfig};
 use crate::intake::{IntakePolicy, Refusal, parse_request};
+use crate::journal::JournalHealth;
 use crate::model::ReplyRoute;
 use crate::table::{Cancel, TaskTable};
 
@@ -238,10 +239,21 @@ pub async fn drive(
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30), HELD);
     let mut sharing = Sharing::default();
     let mut subscription: Option<Subscription> = None;
+    // Whether this connection's broker may be asked for the tasks filter.
+    let mut may_take_tasks = false;
+    let mut journal = inbound.table.journal_health();
     let mut generation = 0;
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
+            Ok(()) = journal.changed() => {
+                let health = journal.borrow_and_update().clone();
+                let asked = follow_journal(&client, &inbound.topics, &health, may_take_tasks, &link);
+                if asked.is_some() {
+                    subscription = asked;
+                }
+                continue;
+            }
             _ = abort.cancelled() => return,
         };
         match event {
@@ -258,11 +270,13 @@ pub async fn drive(
                 // A broker without shared subscriptions disconnects on a
                 // `$share` SUBSCRIBE (MQTT 5, 4.8.2): do not ask for it.
                 let topics = &inbound.topics;
-                let with_tasks = sharing.observe(
+                may_take_tasks = sharing.observe(
                     topics.shares_tasks(),
                     shared_available(&ack),
                     topics.group(),
                 );
+                // Nor while the journal cannot record what arrives.
+                let with_tasks = may_take_tasks && !journal.borrow().is_failing();
                 let asked = subscription.insert(Subscription::new(topics, with_tasks));
                 asked.send(&client);
                 link.send_replace(LinkState {
@@ -346,6 +360,46 @@ fn expect_release(eventloop: &mut EventLoop, pkid: u16) {
         pkid,
         "the broker released a request from before a disconnect"
     );
+}
+
+/// Takes requests only while the journal can record them: while it cannot,
+/// the tasks filter is unsubscribed, so the broker hands new requests to
+/// other members of the group (one already received stays unacknowledged
+/// until its task is recorded, or is redelivered after a crash); once
+/// commits succeed again, it is subscribed again when the connection is up
+/// and the broker may be asked (`may_take_tasks`). Returns the subscription
+/// whose SUBACK is now awaited, if it changed.
+fn follow_journal(
+    client: &AsyncClient,
+    topics: &Topics,
+    health: &JournalHealth,
+    may_take_tasks: bool,
+    link: &watch::Sender<LinkState>,
+) -> Option<Subscription> {
+    match health {
+        JournalHealth::Failing(reason) => {
+            tracing::warn!(
+                "not taking task requests: the task journal cannot be written ({reason})"
+            );
+            let filter = topics.tasks_filter();
+            if let Err(e) = client.try_unsubscribe(&filter) {
+                tracing::error!("cannot unsubscribe from {filter}: {e}");
+            }
+            // The SUBACK of an earlier SUBSCRIBE with the tasks filter no
+            // longer counts; the resubscription's sets it again.
+            link.send_if_modified(|state| std::mem::replace(&mut state.subscribed, false));
+            Some(Subscription::new(topics, false))
+        }
+        JournalHealth::Writable => {
+            tracing::info!("taking task requests again: the task journal is writable");
+            if !(link.borrow().up && may_take_tasks) {
+                return None;
+            }
+            let asked = Subscription::new(topics, true);
+            asked.send(client);
+            Some(asked)
+        }
+    }
 }
 
 /// Hands a message on; returns what its acknowledgement must wait for.

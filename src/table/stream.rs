@@ -7,11 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::view::LiveEvent;
 use super::{Inner, TaskTable};
-use crate::journal::Record;
+use crate::journal::{JournalHealth, Record};
 use crate::metrics::Refusal;
 use crate::model::{Delivery, ReplyRoute, TaskState, TaskStatus};
 
@@ -34,6 +34,16 @@ impl TaskTable {
         match &inner.settings.journal {
             Some(journal) => journal.close_subscribers(),
             None => inner.subscribers.clear(),
+        }
+    }
+
+    /// Whether the journal can record changes, as it changes (always
+    /// writable without a journal). While it cannot, no status leaves and
+    /// the worker must not take requests.
+    pub fn journal_health(&self) -> watch::Receiver<JournalHealth> {
+        match &self.lock().settings.journal {
+            Some(journal) => journal.health(),
+            None => watch::channel(JournalHealth::Writable).1,
         }
     }
 

@@ -11,7 +11,8 @@
 //! - `ledger`: a file `ledger.yml` appends to, counting real runs;
 //! - `appliance`: `config.example.toml` made runnable on free ports;
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
-//!   and its metrics.
+//!   and its metrics;
+//! - `tmpfs`: a small file system mounted for one test, to fill and free.
 //!
 //! This file keeps what they all share: deadlines, waiting, ports and ids.
 #![allow(dead_code)] // each test binary uses a different part of this module
@@ -26,6 +27,7 @@ mod observer;
 mod procs;
 mod prometheus;
 mod sse;
+mod tmpfs;
 mod worker;
 
 use std::net::TcpListener;
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, ejabberd::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
-    prometheus::*, sse::*, worker::*,
+    prometheus::*, sse::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a

@@ -1,0 +1,324 @@
+//! The journal's two threads: the writer, which commits the changes the table
+//! hands over and only then forwards them, and the checkpointer, which copies
+//! the WAL into the database file and cuts the WAL back to nothing soon after
+//! a request was cleared.
+//!
+//! When a commit fails (a full disk, most often), nothing of it leaves the
+//! process: the changes are held, in order, and retried with a capped
+//! backoff while new ones queue up behind them; flush waiters (the MQTT
+//! acknowledgements) keep waiting; the health watch says why. Once a commit
+//! succeeds, everything held is forwarded in order. While held, a running
+//! task's progress update replaces its previous one, so what waits in memory
+//! is about one entry per state change of the tasks the table holds, however
+//! long the failure lasts.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{JournalHealth, Op, store};
+use crate::model::{TaskState, TaskStatus};
+
+/// Most changes taken from the channel per commit attempt.
+const MAX_BATCH: usize = 4096;
+/// First wait before retrying a failed commit; doubles up to [`RETRY_CAP`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between two attempts: how late the journal notices that
+/// space came back.
+const RETRY_CAP: Duration = Duration::from_secs(2);
+/// How often the WAL is copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two truncating checkpoints: a burst of finished tasks
+/// pays for one, not for one each.
+const TRUNCATE_GAP: Duration = Duration::from_secs(1);
+
+/// Changes taken from the channel and not yet committed and forwarded, in
+/// the order they were handed over.
+#[derive(Default)]
+pub(super) struct Pending {
+    ops: Vec<Op>,
+    /// While commits fail: where each task's newest change waits, so that a
+    /// progress update can replace the one before it.
+    newest: HashMap<String, usize>,
+}
+
+impl Pending {
+    /// Appends `op`; with `coalesce`, a running task's progress update
+    /// replaces its previous one still waiting here (in its place: nothing
+    /// of that task lies between them).
+    pub(super) fn push(&mut self, op: Op, coalesce: bool) {
+        if !coalesce {
+            self.ops.push(op);
+            return;
+        }
+        let task_id = match &op {
+            Op::Write(record) => Some(record.status.task_id.clone()),
+            Op::Relay(status) => Some(status.task_id.clone()),
+            Op::Forget(task_id) => Some(task_id.clone()),
+            _ => None,
+        };
+        let Some(task_id) = task_id else {
+            self.ops.push(op);
+            return;
+        };
+        if let Op::Write(new) = &op
+            && let Some(&at) = self.newest.get(&task_id)
+            && let Op::Write(old) = &self.ops[at]
+            && new.status.state == TaskState::Running
+            && old.status.state == TaskState::Running
+        {
+            // A progress update carries neither the request nor its summary
+            // (`table::stream`), so the newer one says all the older did.
+            self.ops[at] = op;
+            return;
+        }
+        self.newest.insert(task_id, self.ops.len());
+        self.ops.push(op);
+    }
+
+    /// What waits, in order.
+    #[cfg(test)]
+    pub(super) fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Nothing waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// How many changes wait.
+    pub(super) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The process is stopping: the writer must not wait any longer.
+    fn closing(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, Op::Close(_)))
+    }
+
+    /// The writes to commit, in order.
+    fn writes(&self) -> impl Iterator<Item = store::Write<'_>> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Write(record) => Some(store::Write::Upsert(record)),
+            Op::Forget(task_id) => Some(store::Write::Forget(task_id)),
+            _ => None,
+        })
+    }
+
+    /// Whether committing these drops a request from the journal (a task
+    /// became final, or its row went).
+    fn clears_requests(&self) -> bool {
+        self.ops.iter().any(|op| match op {
+            Op::Write(record) => record.status.state.is_final(),
+            Op::Forget(_) => true,
+            _ => false,
+        })
+    }
+
+    /// Hands everything on in order, now that it is committed; returns the
+    /// close request, if one came.
+    fn forward(
+        &mut self,
+        subscribers: &mut Vec<mpsc::UnboundedSender<TaskStatus>>,
+    ) -> Option<oneshot::Sender<()>> {
+        self.newest.clear();
+        let mut close = None;
+        for op in self.ops.drain(..) {
+            match op {
+                Op::Write(record) => forward(subscribers, record.status),
+                Op::Relay(status) => forward(subscribers, *status),
+                Op::Forget(_) => {}
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Op::Subscribe(subscriber) => subscribers.push(subscriber),
+                Op::CloseSubscribers => subscribers.clear(),
+                Op::Close(done) => close = Some(done),
+            }
+        }
+        close
+    }
+
+    /// The process stops with these never committed: they are dropped (no
+    /// status leaves unjournaled); only the close request is answered.
+    fn abandon(&mut self) -> Option<oneshot::Sender<()>> {
+        self.newest.clear();
+        self.ops.drain(..).find_map(|op| match op {
+            Op::Close(done) => Some(done),
+            _ => None,
+        })
+    }
+}
+
+/// The writer thread: commits whatever accumulated, forwards it once
+/// committed, holds and retries it while commits fail. Ends on `close`, or
+/// when every handle is gone.
+pub(super) fn write_loop(
+    conn: &mut rusqlite::Connection,
+    path: &Path,
+    ops: std_mpsc::Receiver<Op>,
+    health: watch::Sender<JournalHealth>,
+    truncate: std_mpsc::SyncSender<()>,
+) {
+    let mut pending = Pending::default();
+    let mut subscribers: Vec<mpsc::UnboundedSender<TaskStatus>> = Vec::new();
+    let mut retry = RETRY_FIRST;
+    let mut handles_gone = false;
+    loop {
+        let failing = health.borrow().is_failing();
+        if pending.is_empty() {
+            match ops.recv() {
+                Ok(op) => pending.push(op, false),
+                Err(_) => return,
+            }
+        } else if failing && !pending.closing() {
+            // Wait before the next attempt, still taking changes in, so that
+            // they coalesce here instead of piling up in the channel.
+            let until = Instant::now() + retry;
+            loop {
+                match ops.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(op) => {
+                        let close = matches!(op, Op::Close(_));
+                        pending.push(op, true);
+                        if close {
+                            break;
+                        }
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                        handles_gone = true;
+                        break;
+                    }
+                }
+            }
+        }
+        for _ in 0..MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => pending.push(op, failing),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    handles_gone = true;
+                    break;
+                }
+            }
+        }
+        match store::apply(conn, pending.writes()) {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(
+                        held = pending.len(),
+                        "the task journal {} is writable again",
+                        path.display()
+                    );
+                    health.send_replace(JournalHealth::Writable);
+                    retry = RETRY_FIRST;
+                }
+                if pending.clears_requests() {
+                    // Full means one is asked for already.
+                    let _ = truncate.try_send(());
+                }
+                if let Some(done) = pending.forward(&mut subscribers) {
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if !failing {
+                    tracing::error!(
+                        "cannot write the task journal {}: {reason}; holding task \
+                         statuses and retrying",
+                        path.display()
+                    );
+                }
+                health.send_if_modified(|now| {
+                    let next = JournalHealth::Failing(reason);
+                    (*now != next).then(|| *now = next).is_some()
+                });
+                if pending.closing() || handles_gone {
+                    tracing::error!(
+                        lost = pending.len(),
+                        "stopping with changes the task journal could not record; \
+                         their statuses were not published"
+                    );
+                    if let Some(done) = pending.abandon() {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                retry = (retry * 2).min(RETRY_CAP);
+            }
+        }
+        if handles_gone && pending.is_empty() {
+            return;
+        }
+    }
+}
+
+/// The checkpoint thread: a passive checkpoint every [`CHECKPOINT_EVERY`],
+/// and a truncating one soon after each `truncate` request (at most one per
+/// [`TRUNCATE_GAP`]), so that the bytes of a cleared request do not linger
+/// in the WAL of an idle worker. Ends when the writer ended.
+pub(super) fn checkpoint_loop(conn: &rusqlite::Connection, truncate: &std_mpsc::Receiver<()>) {
+    let mut next_passive = Instant::now() + CHECKPOINT_EVERY;
+    let mut truncate_due: Option<Instant> = None;
+    let mut last_truncate: Option<Instant> = None;
+    let mut failing = false;
+    loop {
+        let next = truncate_due.map_or(next_passive, |due| due.min(next_passive));
+        match truncate.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok(()) => {
+                let earliest = last_truncate.map_or(Instant::now(), |at| at + TRUNCATE_GAP);
+                truncate_due.get_or_insert(earliest.max(Instant::now()));
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        let now = Instant::now();
+        let result = if truncate_due.is_some_and(|due| due <= now) {
+            let result = store::checkpoint_truncate(conn);
+            truncate_due = match result {
+                Ok(true) => None,
+                // Busy (a reader or the writer held on past the busy
+                // timeout) or failing: try again later, not at once.
+                Ok(false) => Some(now + RETRY_FIRST),
+                Err(_) => Some(now + CHECKPOINT_EVERY),
+            };
+            if truncate_due.is_none() {
+                last_truncate = Some(now);
+            }
+            result.map(|_| ())
+        } else if next_passive <= now {
+            store::checkpoint(conn)
+        } else {
+            continue;
+        };
+        next_passive = now + CHECKPOINT_EVERY;
+        match result {
+            Ok(()) if failing => {
+                tracing::info!("the task journal can be checkpointed again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!("cannot checkpoint the task journal: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn forward(subscribers: &mut Vec<mpsc::UnboundedSender<TaskStatus>>, status: TaskStatus) {
+    if let [only] = subscribers.as_slice() {
+        if only.send(status).is_err() {
+            subscribers.clear();
+        }
+        return;
+    }
+    subscribers.retain(|subscriber| subscriber.send(status.clone()).is_ok());
+}
