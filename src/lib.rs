@@ -67,7 +67,7 @@ pub enum StartError {
     Journal(#[from] journal::JournalError),
     /// The MQTT client could not be configured.
     #[error(transparent)]
-    Mqtt(#[from] mqtt::client::ClientError),
+    Mqtt(#[from] mqtt::options::ClientError),
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),

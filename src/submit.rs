@@ -40,7 +40,7 @@ use serde_json::json;
 use crate::cli::{CancelArgs, SubmitArgs};
 use crate::config::{Config, ConfigErrors};
 use crate::model::TaskState;
-use crate::mqtt::client::ClientError;
+use crate::mqtt::options::ClientError;
 use crate::mqtt::topics::Topics;
 use progress::Follower;
 use session::Session;

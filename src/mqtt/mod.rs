@@ -1,4 +1,5 @@
-//! The worker's MQTT side: one client connection (`client`), the status
+//! The worker's MQTT side: one client connection (`client`) and its options
+//! (`options`), the status
 //! publisher fed by the task table's change stream (`publisher`), the
 //! presence document and will (`presence`), what the broker granted and
 //! when to reconnect (`link`), and the topic names of PROTOCOL.md
@@ -6,6 +7,7 @@
 
 pub mod client;
 pub mod link;
+pub mod options;
 pub mod presence;
 pub mod publisher;
 pub mod topics;
@@ -21,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::intake::IntakePolicy;
 use crate::table::TaskTable;
-use client::{ClientError, Inbound, LinkState};
+use client::{Inbound, LinkState};
+use options::ClientError;
 use presence::Presence;
 use publisher::PublisherSettings;
 use topics::Topics;
@@ -58,9 +61,9 @@ impl MqttSide {
             concurrency: worker.concurrency,
             started_at: chrono::Utc::now(),
         };
-        let mut options = client::worker_options(config)?;
+        let mut options = options::worker_options(config)?;
         options.set_last_will(presence.last_will());
-        let (client, eventloop) = client::client(options);
+        let (client, eventloop) = options::client(options);
         let (link_tx, link_rx) = watch::channel(LinkState::default());
         let window = PublishWindow::default();
         let changes = table.subscribe();

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use super::progress::{Final, Follower};
 use super::{ACK_TIMEOUT, SubmitError};
 use crate::config::Config;
-use crate::mqtt::client::{self as mqtt_client, mqtt_options};
 use crate::mqtt::link::{Backoff, HELD};
+use crate::mqtt::options::{self as mqtt_client, mqtt_options};
 
 /// Time allowed for the DISCONNECT to go out at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
