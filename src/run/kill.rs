@@ -10,7 +10,7 @@
 //!
 //! Reading a process's environment is the costly part of a scan, so a scan
 //! soon after the run started reads only the processes whose pids were
-//! allocated since its leader's ([`PidWindow`]); the rest cannot belong to
+//! allocated since its leader's (`PidWindow`); the rest cannot belong to
 //! the run. Scans run on the blocking pool, so a busy machine's scans never
 //! stall the runtime's workers (which also carry the MQTT intake).
 
