@@ -37,7 +37,7 @@ fn realistic_request() -> Vec<u8> {
                 "pool": {"min": 2, "max": 20},
             },
             "maintenance_window": {"start": "02:00", "end": "04:00"},
-            "notify": ["ops@example.com", "oncall@example.com"],
+            "notify_emails": ["ops@example.com", "oncall@example.com"],
         },
         "limit": "web*",
         "tags": ["deploy", "config"],
