@@ -178,7 +178,8 @@ impl Authority {
             Some(_) => return None,
         };
         let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        let name_like = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
+        // `_` is no DNS host name character, but Compose service names have it.
+        let name_like = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
         if host.is_empty() || !host.chars().all(name_like) {
             return None;
         }
@@ -239,8 +240,12 @@ mod tests {
 
     #[test]
     fn only_ip_literals_localhost_and_listed_names_are_served() {
-        let listed = ["ansible.lab.example".to_owned()];
+        let listed = [
+            "ansible.lab.example".to_owned(),
+            "ansible_worker".to_owned(),
+        ];
         for good in [
+            "ansible_worker:8080",
             "127.0.0.1:8080",
             "10.1.2.3",
             "[::1]:8080",
@@ -258,6 +263,7 @@ mod tests {
             "ansible.lab.example.attacker.example",
             "localhost.attacker.example",
             "127.0.0.1.nip.io",
+            "other_worker",
         ] {
             let parsed = Authority::parse(foreign).unwrap();
             assert!(!parsed.is_allowed(&listed), "{foreign}");
