@@ -1,0 +1,187 @@
+//! Who may connect to the embedded broker and what an outside client may
+//! publish there: the front door's decisions, kept apart from its relaying.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use crate::config::BrokerRole as Role;
+use crate::config::{BrokerConfig, Secret};
+use crate::metrics::{BrokerRefusal, Metrics};
+use crate::mqtt::topics::Topics;
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// The client id is reserved for the worker.
+    ReservedId,
+    /// A login is required and this one is wrong or missing.
+    BadLogin,
+}
+
+impl ConnectRefusal {
+    /// The MQTT 5 CONNACK reason code.
+    pub fn v5_code(self) -> u8 {
+        match self {
+            ConnectRefusal::ReservedId => super::packets::CLIENT_ID_NOT_VALID,
+            ConnectRefusal::BadLogin => super::packets::BAD_LOGIN,
+        }
+    }
+
+    /// The MQTT 3.1.1 CONNACK return code.
+    pub fn v4_code(self) -> u8 {
+        match self {
+            ConnectRefusal::ReservedId => super::packets::V4_ID_REJECTED,
+            ConnectRefusal::BadLogin => super::packets::V4_BAD_LOGIN,
+        }
+    }
+}
+
+/// The front door's rules for outside clients.
+#[derive(Debug)]
+pub struct Rules {
+    reserved_ids: Vec<String>,
+    users: BTreeMap<String, Secret>,
+    roles: BTreeMap<String, Role>,
+    topics: Topics,
+    max_payload_size: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Rules {
+    /// Rules for `config`, protecting the worker whose own topics are
+    /// `topics` and whose client id is `worker_id`.
+    pub fn new(
+        config: &BrokerConfig,
+        topics: Topics,
+        worker_id: &str,
+        metrics: Arc<Metrics>,
+    ) -> Rules {
+        Rules {
+            reserved_ids: vec![worker_id.to_owned()],
+            users: config.users.clone(),
+            roles: config.roles.clone(),
+            topics,
+            max_payload_size: config.max_payload_size,
+            metrics,
+        }
+    }
+
+    /// Largest remaining length of a packet passed on.
+    pub fn max_payload_size(&self) -> usize {
+        self.max_payload_size
+    }
+
+    /// The role of a client connecting as `client_id` with `login`, or why
+    /// it is refused (logged and counted).
+    pub fn admit(
+        &self,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+    ) -> Result<Role, ConnectRefusal> {
+        if self.reserved_ids.iter().any(|id| id == client_id) {
+            tracing::warn!(
+                client_id,
+                "embedded broker refused a client using the worker's client id"
+            );
+            self.metrics.broker_refused(BrokerRefusal::ClientId);
+            return Err(ConnectRefusal::ReservedId);
+        }
+        if self.users.is_empty() {
+            return Ok(Role::Controller);
+        }
+        let known = login.and_then(|(user, password)| {
+            let expected = self.users.get(user)?;
+            same_secret(expected.expose(), password).then_some(user)
+        });
+        match known {
+            Some(user) => Ok(self.roles.get(user).copied().unwrap_or(Role::Controller)),
+            None => {
+                tracing::warn!(
+                    client_id,
+                    user = login.map(|(user, _)| user),
+                    "embedded broker refused a wrong or missing login"
+                );
+                self.metrics.broker_refused(BrokerRefusal::Login);
+                Err(ConnectRefusal::BadLogin)
+            }
+        }
+    }
+
+    /// True for a topic only the worker publishes to.
+    pub fn worker_only(&self, topic: &str) -> bool {
+        self.topics.worker_only(topic)
+    }
+
+    /// Logs and counts a refused PUBLISH.
+    pub fn refused_publish(&self, client_id: &str, topic: &str, why: BrokerRefusal) {
+        let reason = match why {
+            BrokerRefusal::WorkerTopic => "only the worker publishes there",
+            BrokerRefusal::Role => "the observer role does not publish",
+            BrokerRefusal::TooLarge => "larger than max_payload_size",
+            BrokerRefusal::ClientId | BrokerRefusal::Login => "refused",
+        };
+        tracing::warn!(
+            client_id,
+            topic,
+            "embedded broker refused a publish: {reason}"
+        );
+        self.metrics.broker_refused(why);
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+fn same_secret(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(users: &[(&str, &str)], roles: &[(&str, Role)]) -> Rules {
+        let config = BrokerConfig {
+            enabled: true,
+            listen: "127.0.0.1:1883".parse().unwrap(),
+            listen_v4: None,
+            max_payload_size: 1024,
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), Secret::new(*p)))
+                .collect(),
+            roles: roles.iter().map(|(u, r)| (u.to_string(), *r)).collect(),
+        };
+        let topics = Topics::new("ansible", "lab", "w1", true, false);
+        Rules::new(&config, topics, "w1", Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn the_workers_id_is_reserved() {
+        let open = rules(&[], &[]);
+        assert_eq!(open.admit("w1", None), Err(ConnectRefusal::ReservedId));
+        assert_eq!(open.admit("w2", None), Ok(Role::Controller));
+        assert_eq!(open.admit("", Some(("x", "y"))), Ok(Role::Controller));
+    }
+
+    #[test]
+    fn logins_give_roles_and_wrong_ones_are_refused() {
+        let rules = rules(&[("ctl", "a"), ("obs", "b")], &[("obs", Role::Observer)]);
+        assert_eq!(rules.admit("c", Some(("ctl", "a"))), Ok(Role::Controller));
+        assert_eq!(rules.admit("c", Some(("obs", "b"))), Ok(Role::Observer));
+        for login in [
+            None,
+            Some(("ctl", "b")),
+            Some(("ctl", "")),
+            Some(("x", "a")),
+        ] {
+            assert_eq!(rules.admit("c", login), Err(ConnectRefusal::BadLogin));
+        }
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abcd") && !same_secret("abcd", "abc"));
+    }
+}
