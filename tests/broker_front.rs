@@ -141,8 +141,7 @@ async fn forged_statuses_and_presence_are_refused_and_counted() {
     assert!(accepted(&connack), "{connack:?}");
     v5.publish(status, 1, true, 1, forged).await;
     assert_eq!(v5.read().await.unwrap(), [0x40, 3, 0, 1, 0x87]);
-    v5.publish(&presence, 2, true, 2, b"{\"online\":false}")
-        .await;
+    v5.publish(&presence, 2, true, 2, forged).await;
     assert_eq!(v5.read().await.unwrap(), [0x50, 3, 0, 2, 0x87]);
     v5.publish("ansible/lab/tasks/real/events", 0, false, 0, b"{}")
         .await;
