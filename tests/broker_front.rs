@@ -157,6 +157,18 @@ async fn forged_statuses_and_presence_are_refused_and_counted() {
     assert_eq!(v4.read().await.unwrap(), [0x70, 2, 0, 4]);
     v4.ping().await;
 
+    // A Will is published by the broker on the client's behalf.
+    for (port, v5, connack) in [
+        (appliance.ports.v5, true, vec![0x20, 3, 0, 0x87, 0]),
+        (appliance.ports.v4, false, vec![0x20, 2, 0, 0x05]),
+    ] {
+        let mut raw = RawMqtt::open(port, v5).await;
+        let will = Some((presence.as_str(), forged.as_slice()));
+        raw.send(&connect_packet(v5, "willer", true, None, None, will))
+            .await;
+        assert_eq!(raw.read().await.unwrap(), connack);
+    }
+
     // A fresh subscriber gets the retained documents: the worker's only.
     let fresh = Observer::start(appliance.ports.v5, "lab").await;
     fresh
@@ -185,7 +197,7 @@ async fn forged_statuses_and_presence_are_refused_and_counted() {
     .unwrap();
     assert_eq!(
         metrics.value("ansible_worker_broker_refusals_total{reason=\"worker_topic\"}"),
-        5.0
+        7.0
     );
     assert!(appliance.worker.log().contains("client_id=\"forger5\""));
 }

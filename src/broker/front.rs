@@ -170,7 +170,10 @@ fn check_connect_v5(frame: BytesMut, rules: &Rules) -> Result<Checked, FrontErro
     let login_pair = login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
-    let role = match rules.admit(&id, login_pair) {
+    let will_topic = will
+        .as_ref()
+        .map(|w| String::from_utf8_lossy(&w.topic).into_owned());
+    let role = match rules.admit(&id, login_pair, will_topic.as_deref()) {
         Ok(role) => role,
         Err(refusal) => return Ok(Err(packets::connack(true, refusal.v5_code()))),
     };
@@ -197,7 +200,8 @@ fn check_connect_v4(frame: BytesMut, rules: &Rules) -> Result<Checked, FrontErro
         .login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
-    let role = match rules.admit(&connect.client_id, login_pair) {
+    let will_topic = connect.last_will.as_ref().map(|w| w.topic.as_str());
+    let role = match rules.admit(&connect.client_id, login_pair, will_topic) {
         Ok(role) => role,
         Err(refusal) => return Ok(Err(packets::connack(false, refusal.v4_code()))),
     };
@@ -355,14 +359,7 @@ impl Upstream<'_> {
             packets::PUBLISH => {
                 let qos = header.qos();
                 let (topic, pkid) = self.publish_topic(header, frame)?;
-                let why = match self.role {
-                    Role::Observer => Some(BrokerRefusal::Role),
-                    Role::Controller if self.rules.worker_only(&topic) => {
-                        Some(BrokerRefusal::WorkerTopic)
-                    }
-                    Role::Controller => None,
-                };
-                Ok(match why {
+                Ok(match self.rules.may_not_publish(self.role, &topic) {
                     Some(why) => {
                         self.rules.refused_publish(&self.client_id, &topic, why);
                         self.refuse(qos, pkid, packets::NOT_AUTHORIZED)

@@ -26,6 +26,8 @@ pub const QUOTA_EXCEEDED: u8 = 0x97;
 pub const V4_ID_REJECTED: u8 = 0x02;
 /// MQTT 3.1.1 CONNACK return code: bad user name or password.
 pub const V4_BAD_LOGIN: u8 = 0x04;
+/// MQTT 3.1.1 CONNACK return code: not authorized.
+pub const V4_NOT_AUTHORIZED: u8 = 0x05;
 
 /// The fixed header of one packet at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,8 @@ pub enum ConnectRefusal {
     ReservedId,
     /// A login is required and this one is wrong or missing.
     BadLogin,
+    /// The Will would be published where this client may not publish.
+    Will,
 }
 
 impl ConnectRefusal {
@@ -26,6 +28,7 @@ impl ConnectRefusal {
         match self {
             ConnectRefusal::ReservedId => super::packets::CLIENT_ID_NOT_VALID,
             ConnectRefusal::BadLogin => super::packets::BAD_LOGIN,
+            ConnectRefusal::Will => super::packets::NOT_AUTHORIZED,
         }
     }
 
@@ -34,6 +37,7 @@ impl ConnectRefusal {
         match self {
             ConnectRefusal::ReservedId => super::packets::V4_ID_REJECTED,
             ConnectRefusal::BadLogin => super::packets::V4_BAD_LOGIN,
+            ConnectRefusal::Will => super::packets::V4_NOT_AUTHORIZED,
         }
     }
 }
@@ -73,13 +77,36 @@ impl Rules {
         self.max_payload_size
     }
 
-    /// The role of a client connecting as `client_id` with `login`, or why
-    /// it is refused (logged and counted).
+    /// The role of a client connecting as `client_id` with `login` and a
+    /// Will on `will_topic`, or why it is refused (logged and counted). The
+    /// broker publishes a Will on the client's behalf, so it follows the
+    /// client's publishing rules.
     pub fn admit(
         &self,
         client_id: &str,
         login: Option<(&str, &str)>,
+        will_topic: Option<&str>,
     ) -> Result<Role, ConnectRefusal> {
+        let role = self.login(client_id, login)?;
+        if let Some(topic) = will_topic {
+            if let Some(why) = self.may_not_publish(role, topic) {
+                self.refused_publish(client_id, topic, why);
+                return Err(ConnectRefusal::Will);
+            }
+        }
+        Ok(role)
+    }
+
+    /// Why a client of `role` may not publish to `topic`, if it may not.
+    pub fn may_not_publish(&self, role: Role, topic: &str) -> Option<BrokerRefusal> {
+        match role {
+            Role::Observer => Some(BrokerRefusal::Role),
+            Role::Controller if self.topics.worker_only(topic) => Some(BrokerRefusal::WorkerTopic),
+            Role::Controller => None,
+        }
+    }
+
+    fn login(&self, client_id: &str, login: Option<(&str, &str)>) -> Result<Role, ConnectRefusal> {
         if self.reserved_ids.iter().any(|id| id == client_id) {
             tracing::warn!(
                 client_id,
@@ -109,18 +136,13 @@ impl Rules {
         }
     }
 
-    /// True for a topic only the worker publishes to.
-    pub fn worker_only(&self, topic: &str) -> bool {
-        self.topics.worker_only(topic)
-    }
-
     /// Logs and counts a refused PUBLISH.
     pub fn refused_publish(&self, client_id: &str, topic: &str, why: BrokerRefusal) {
         let reason = match why {
             BrokerRefusal::WorkerTopic => "only the worker publishes there",
             BrokerRefusal::Role => "the observer role does not publish",
             BrokerRefusal::TooLarge => "larger than max_payload_size",
-            BrokerRefusal::ClientId | BrokerRefusal::Login => "refused",
+            BrokerRefusal::ClientId | BrokerRefusal::Login => "not allowed",
         };
         tracing::warn!(
             client_id,
@@ -154,23 +176,50 @@ mod tests {
     #[test]
     fn the_workers_id_is_reserved() {
         let open = rules(&[], &[]);
-        assert_eq!(open.admit("w1", None), Err(ConnectRefusal::ReservedId));
-        assert_eq!(open.admit("w2", None), Ok(Role::Controller));
-        assert_eq!(open.admit("", Some(("x", "y"))), Ok(Role::Controller));
+        assert_eq!(
+            open.admit("w1", None, None),
+            Err(ConnectRefusal::ReservedId)
+        );
+        assert_eq!(open.admit("w2", None, None), Ok(Role::Controller));
+        assert_eq!(open.admit("", Some(("x", "y")), None), Ok(Role::Controller));
     }
 
     #[test]
     fn logins_give_roles_and_wrong_ones_are_refused() {
         let rules = rules(&[("ctl", "a"), ("obs", "b")], &[("obs", Role::Observer)]);
-        assert_eq!(rules.admit("c", Some(("ctl", "a"))), Ok(Role::Controller));
-        assert_eq!(rules.admit("c", Some(("obs", "b"))), Ok(Role::Observer));
+        assert_eq!(
+            rules.admit("c", Some(("ctl", "a")), None),
+            Ok(Role::Controller)
+        );
+        assert_eq!(
+            rules.admit("c", Some(("obs", "b")), None),
+            Ok(Role::Observer)
+        );
         for login in [
             None,
             Some(("ctl", "b")),
             Some(("ctl", "")),
             Some(("x", "a")),
         ] {
-            assert_eq!(rules.admit("c", login), Err(ConnectRefusal::BadLogin));
+            assert_eq!(rules.admit("c", login, None), Err(ConnectRefusal::BadLogin));
         }
+    }
+
+    #[test]
+    fn a_will_follows_the_publishing_rules() {
+        let rules = rules(&[("ctl", "a"), ("obs", "b")], &[("obs", Role::Observer)]);
+        let ctl = Some(("ctl", "a"));
+        let presence = Some("ansible/lab/workers/w1");
+        assert_eq!(rules.admit("c", ctl, presence), Err(ConnectRefusal::Will));
+        assert_eq!(
+            rules.admit("c", ctl, Some("ansible/lab/tasks")),
+            Ok(Role::Controller)
+        );
+        let obs = Some(("obs", "b"));
+        assert_eq!(
+            rules.admit("c", obs, Some("x/y")),
+            Err(ConnectRefusal::Will)
+        );
+        assert_eq!(rules.admit("c", obs, None), Ok(Role::Observer));
     }
 }

@@ -41,13 +41,15 @@ fn packet(byte1: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A CONNECT packet. `session_expiry` only for MQTT 5.
+/// A CONNECT packet. `session_expiry` only for MQTT 5; `will` is a retained
+/// QoS 1 Will `(topic, payload)`.
 pub fn connect_packet(
     v5: bool,
     client_id: &str,
     clean: bool,
     session_expiry: Option<u32>,
     login: Option<(&str, &str)>,
+    will: Option<(&str, &[u8])>,
 ) -> Vec<u8> {
     let mut body = Vec::new();
     string(&mut body, b"MQTT");
@@ -55,6 +57,9 @@ pub fn connect_packet(
     let mut flags = if clean { 0x02 } else { 0 };
     if login.is_some() {
         flags |= 0xc0;
+    }
+    if will.is_some() {
+        flags |= 0x04 | 0x08 | 0x20;
     }
     body.push(flags);
     body.extend_from_slice(&30u16.to_be_bytes());
@@ -68,6 +73,13 @@ pub fn connect_packet(
         body.extend_from_slice(&properties);
     }
     string(&mut body, client_id.as_bytes());
+    if let Some((topic, payload)) = will {
+        if v5 {
+            body.push(0);
+        }
+        string(&mut body, topic.as_bytes());
+        string(&mut body, payload);
+    }
     if let Some((user, password)) = login {
         string(&mut body, user.as_bytes());
         string(&mut body, password.as_bytes());
@@ -112,7 +124,7 @@ impl RawMqtt {
         login: Option<(&str, &str)>,
     ) -> (RawMqtt, Vec<u8>) {
         let mut raw = RawMqtt::open(port, v5).await;
-        raw.send(&connect_packet(v5, client_id, true, None, login))
+        raw.send(&connect_packet(v5, client_id, true, None, login, None))
             .await;
         let connack = raw.read().await.expect("no CONNACK");
         (raw, connack)
