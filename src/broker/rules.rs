@@ -88,11 +88,11 @@ impl Rules {
         will_topic: Option<&str>,
     ) -> Result<Role, ConnectRefusal> {
         let role = self.login(client_id, login)?;
-        if let Some(topic) = will_topic {
-            if let Some(why) = self.may_not_publish(role, topic) {
-                self.refused_publish(client_id, topic, why);
-                return Err(ConnectRefusal::Will);
-            }
+        if let Some((topic, why)) =
+            will_topic.and_then(|topic| Some((topic, self.may_not_publish(role, topic)?)))
+        {
+            self.refused_publish(client_id, topic, why);
+            return Err(ConnectRefusal::Will);
         }
         Ok(role)
     }
