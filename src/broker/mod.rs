@@ -13,6 +13,7 @@
 //! can follow (the front door refuses the worker's client id).
 
 mod front;
+mod nodelay;
 mod packets;
 mod rules;
 
@@ -95,6 +96,11 @@ pub fn start(
     let private: Vec<SocketAddr> = std::iter::once(private_v5).chain(private_v4).collect();
     for addr in &private {
         wait_until_accepting(*addr)?;
+    }
+    if nodelay::on_listeners(&private) < private.len() {
+        tracing::warn!(
+            "cannot set TCP_NODELAY on the embedded broker's listeners: expect ~40 ms latency"
+        );
     }
     tracing::debug!(private = %private_v5, "embedded broker's private listener for the worker");
     let rules = Arc::new(rules::Rules::new(
