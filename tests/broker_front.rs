@@ -235,6 +235,29 @@ async fn an_oversized_publish_is_refused_and_the_connection_kept() {
         assert_eq!(&ack[..4], [0x40, ack[1], 0, 8], "{ack:?}");
         assert_eq!(observer.wait_final(id, DEADLINE).await["state"], "success");
     }
+    // Only a PUBLISH can be refused alone; any other packet that large ends
+    // the connection, over MQTT 5 with the reason.
+    let (mut raw, _) = RawMqtt::connect(appliance.ports.v5, true, "big-subscriber", None).await;
+    let filter = vec![b'a'; 65_000];
+    let mut body = vec![0, 1, 0];
+    for _ in 0..17 {
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(&filter);
+        body.push(1);
+    }
+    let mut subscribe = vec![0x82];
+    let mut len = body.len();
+    while len > 0 {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        subscribe.push(if len > 0 { byte | 0x80 } else { byte });
+    }
+    subscribe.extend_from_slice(&body);
+    // Its start is enough to tell (and leaves no unread bytes whose close
+    // would reset the connection before the answer is read).
+    raw.send(&subscribe[..100]).await;
+    assert_eq!(raw.read().await, Some(vec![0xe0, 1, 0x95]));
+    assert_eq!(raw.read().await, None);
 }
 
 /// With `[broker.users]` and `[broker.roles]`: an observer may subscribe but

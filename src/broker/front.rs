@@ -32,6 +32,9 @@ use crate::metrics::BrokerRefusal;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers the front door sends itself, waiting for the client's writer.
 const ANSWER_QUEUE: usize = 64;
+/// How long the front door's last answers get to reach a client that is
+/// being disconnected.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -128,9 +131,17 @@ async fn connection(
         refused_qos2: HashSet::new(),
         skip: 0,
     };
+    let down = downstream(broker_read, client_write, answers_rx);
+    tokio::pin!(down);
     tokio::select! {
-        result = up.relay(client_read, broker_write, buf) => result,
-        result = downstream(broker_read, client_write, answers_rx) => result,
+        result = up.relay(client_read, broker_write, buf) => {
+            // Answers still queued (a DISCONNECT saying why) go out before
+            // the connection closes; the closed queue then ends `down`.
+            drop(up);
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, &mut down).await;
+            result
+        }
+        result = &mut down => result,
     }
 }
 
@@ -234,7 +245,10 @@ async fn downstream(
                     buf.advance(whole);
                 }
             }
-            Some(answer) = answers.recv() => client.write_all(&answer).await?,
+            answer = answers.recv() => match answer {
+                Some(answer) => client.write_all(&answer).await?,
+                None => return Ok(()),
+            },
         }
     }
 }
