@@ -8,7 +8,7 @@
 //! broker thread ends the whole process with a logged reason, so a supervisor
 //! restarts a healthy appliance. rumqttd itself listens only on private
 //! loopback ports: outside clients reach it through the front door
-//! ([`front`]), which enforces the rules of [`rules`], while the worker's own
+//! (`front`), which enforces the rules of `rules`, while the worker's own
 //! connection goes to the private MQTT 5 port directly, where no impostor
 //! can follow (the front door refuses the worker's client id).
 
