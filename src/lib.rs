@@ -84,12 +84,26 @@ pub enum StartError {
 /// Runs the worker until `shutdown` is cancelled, then stops taking requests,
 /// cancels queued and running tasks, publishes every final status and
 /// disconnects.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let worker = &config.worker;
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::default());
+    // What the dashboard names: the address clients use, not the worker's
+    // private way in.
+    let (host, port) = config.mqtt.effective_host(&config.broker);
+    let shown_broker = format!("{host}:{port}");
     if config.broker.enabled {
-        let requests = mqtt::topics::Topics::of(worker).tasks();
-        broker::start(&config.broker, &requests)?;
+        let topics = mqtt::topics::Topics::of(&config.worker);
+        let private = broker::start(
+            &config.broker,
+            &topics,
+            &config.worker.worker_id,
+            metrics.clone(),
+        )?;
+        if config.mqtt.host.is_none() {
+            config.mqtt.host = Some(private.ip().to_string());
+            config.mqtt.port = private.port();
+        }
     }
+    let worker = &config.worker;
     let state_dir = prepare_state_dir(&worker.state_dir)?;
     let runtime_dir = state_dir.join(format!("runtime-{}", worker.worker_id));
     // Runs a crashed predecessor left behind must not race the recovery.
@@ -122,7 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         max_queue_size: worker.max_queue_size,
         history_limit: worker.history_limit,
         playbook_directory: worker.playbook_directory.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         journal: Some(journal.clone()),
     });
     let restored = table.restore(stored, worker.rerun_interrupted);
@@ -139,7 +153,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let policy = intake::IntakePolicy::of(worker);
     let mqtt = MqttSide::start(&config, &table, policy.clone())?;
     let http = match config.http.enabled {
-        true => Some(start_http(&config, &table, &mqtt, policy.clone(), &shutdown).await?),
+        true => Some(
+            start_http(
+                &config,
+                shown_broker,
+                &table,
+                &mqtt,
+                policy.clone(),
+                &shutdown,
+            )
+            .await?,
+        ),
         false => None,
     };
     let stop_pool = CancellationToken::new();
@@ -207,6 +231,7 @@ fn prepare_state_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, StartE
 /// dashboard and API until `shutdown`.
 async fn start_http(
     config: &Config,
+    broker: String,
     table: &TaskTable,
     mqtt: &MqttSide,
     policy: intake::IntakePolicy,
@@ -217,7 +242,6 @@ async fn start_http(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Http { addr, source })?;
-    let (host, port) = config.mqtt.effective_host(&config.broker);
     let state = http::AppState {
         table: table.clone(),
         client: mqtt.client(),
@@ -227,7 +251,7 @@ async fn start_http(
         info: Arc::new(http::WorkerInfo {
             worker_id: worker.worker_id.clone(),
             group: worker.group_name.clone(),
-            broker: format!("{host}:{port}"),
+            broker,
             concurrency: worker.concurrency,
             playbook_directory: worker.playbook_directory.clone(),
             embedded_broker: config.broker.enabled.then_some(config.broker.listen),

@@ -1,7 +1,8 @@
 //! Process-wide counters and their Prometheus text rendering (`/metrics`).
 //!
 //! The task table records finals, refusals and run durations; the MQTT client
-//! records reconnects and ignored Response Topics. Queue and running gauges are read from the table when
+//! records reconnects and ignored Response Topics; the embedded broker's front
+//! door records the clients and publishes it refused. Queue and running gauges are read from the table when
 //! rendering, so nothing here keeps a second copy of task state.
 
 use std::fmt::Write;
@@ -45,6 +46,41 @@ impl Refusal {
     }
 }
 
+/// Why the embedded broker's front door refused a client or a PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerRefusal {
+    /// A CONNECT with a client id reserved for the worker.
+    ClientId,
+    /// A CONNECT with a wrong or missing login.
+    Login,
+    /// A PUBLISH to a topic only the worker publishes to.
+    WorkerTopic,
+    /// A PUBLISH from a user whose role may not publish.
+    Role,
+    /// A PUBLISH over `max_payload_size`.
+    TooLarge,
+}
+
+impl BrokerRefusal {
+    const ALL: [BrokerRefusal; 5] = [
+        BrokerRefusal::ClientId,
+        BrokerRefusal::Login,
+        BrokerRefusal::WorkerTopic,
+        BrokerRefusal::Role,
+        BrokerRefusal::TooLarge,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            BrokerRefusal::ClientId => "client_id",
+            BrokerRefusal::Login => "login",
+            BrokerRefusal::WorkerTopic => "worker_topic",
+            BrokerRefusal::Role => "role",
+            BrokerRefusal::TooLarge => "too_large",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the run duration histogram's buckets.
 const DURATION_BUCKETS: [f64; 10] = [0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 /// Final states, in rendering order.
@@ -62,6 +98,7 @@ pub struct Metrics {
     refusals: [AtomicU64; 5],
     reconnects: AtomicU64,
     response_topics_ignored: AtomicU64,
+    broker_refusals: [AtomicU64; 5],
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
     duration_count: AtomicU64,
     duration_sum_micros: AtomicU64,
@@ -103,6 +140,13 @@ impl Metrics {
     /// itself was not refused for it).
     pub fn response_topic_ignored(&self) {
         self.response_topics_ignored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client or PUBLISH the embedded broker's front door refused.
+    pub fn broker_refused(&self, why: BrokerRefusal) {
+        if let Some(i) = BrokerRefusal::ALL.iter().position(|w| *w == why) {
+            self.broker_refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition, with the current queue gauges.
@@ -186,6 +230,20 @@ impl Metrics {
         );
         header(
             &mut out,
+            "ansible_worker_broker_refusals_total",
+            "counter",
+            "Clients and publishes the embedded broker refused, by reason.",
+        );
+        for (why, counter) in BrokerRefusal::ALL.iter().zip(&self.broker_refusals) {
+            let _ = writeln!(
+                out,
+                "ansible_worker_broker_refusals_total{{reason=\"{}\"}} {}",
+                why.label(),
+                load(counter)
+            );
+        }
+        header(
+            &mut out,
             "ansible_worker_run_duration_seconds",
             "histogram",
             "Length of ansible-playbook runs.",
@@ -235,7 +293,15 @@ mod tests {
         metrics.refused(Refusal::QueueFull);
         metrics.reconnected();
         metrics.response_topic_ignored();
+        metrics.broker_refused(BrokerRefusal::WorkerTopic);
         let text = metrics.render(3, 1);
+        assert_eq!(
+            value(
+                &text,
+                "ansible_worker_broker_refusals_total{reason=\"worker_topic\"}"
+            ),
+            1.0
+        );
         assert_eq!(
             value(&text, "ansible_worker_tasks_total{state=\"success\"}"),
             1.0

@@ -357,22 +357,26 @@ fn submit_wait_exits_0_on_success_and_1_on_failure() {
 
 /// rumqttd's router panics when a `clean_start = false` client, alone in a
 /// shared group, disconnects with unacked messages (MQTT-NOTES.md). The
-/// appliance must then exit (code 70) instead of staying half alive.
+/// front door keeps outside clients from doing that (tests/broker_front.rs),
+/// so this reaches rumqttd's private listener directly, as a real rumqttd
+/// bug would: the appliance must then exit (code 70) instead of staying
+/// half alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_broker_thread_ends_the_process() {
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-    let (mut appliance, ports) = start_appliance();
-    let mut options = MqttOptions::new("lonely-member", "127.0.0.1", ports.v5);
+    let (mut appliance, _ports) = start_appliance();
+    let private = private_port(&appliance.log());
+    let mut options = MqttOptions::new("lonely-member", "127.0.0.1", private);
     options.set_clean_start(false).set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     client
         .subscribe("$share/lonely/crash/topic", QoS::AtLeastOnce)
         .await
         .unwrap();
-    let publisher = Observer::start(ports.v5, "lab").await;
+    let publisher = Observer::start(private, "lab").await;
     let mut received = false;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !received && Instant::now() < deadline {
@@ -400,4 +404,19 @@ async fn a_panicking_broker_thread_ends_the_process() {
     .unwrap();
     assert_eq!(code.0, Some(70), "{}", code.1);
     assert!(code.1.contains("panicked"), "{}", code.1);
+}
+
+/// The port of rumqttd's private listener, from the appliance's debug log.
+fn private_port(log: &str) -> u16 {
+    let line = log
+        .lines()
+        .find(|line| line.contains("embedded broker's private listener"))
+        .unwrap_or_else(|| panic!("no private listener in the log:\n{log}"));
+    let addr = line
+        .split("private=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next();
+    addr.unwrap().rsplit(':').next().unwrap().parse().unwrap()
 }

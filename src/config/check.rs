@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::raw::{RawBroker, RawConfig, RawHttp, RawMqtt, RawWorker};
 use super::{
-    BrokerConfig, Config, ConfigError, ConfigErrors, HttpConfig, MqttConfig, Secret, TlsConfig,
-    WorkerConfig, invalid,
+    BrokerConfig, BrokerRole, Config, ConfigError, ConfigErrors, HttpConfig, MqttConfig, Secret,
+    TlsConfig, WorkerConfig, invalid,
 };
 
 /// `worker.max_request_size` when the file does not say (1 MiB).
@@ -405,12 +405,31 @@ impl Checker<'_> {
             }
             users.insert(name, Secret(password));
         }
+        let mut roles = BTreeMap::new();
+        for (name, role) in raw.roles {
+            let key = format!("broker.roles.{name}");
+            if !users.contains_key(&name) {
+                self.invalid(&key, format!("{name:?} is not in [broker.users]"));
+            }
+            match role.as_str() {
+                "controller" => roles.insert(name, BrokerRole::Controller),
+                "observer" => roles.insert(name, BrokerRole::Observer),
+                other => {
+                    self.invalid(
+                        &key,
+                        format!("{other:?} is not a role (controller, observer)"),
+                    );
+                    None
+                }
+            };
+        }
         BrokerConfig {
             enabled: raw.enabled.unwrap_or(false),
             listen,
             listen_v4,
             max_payload_size,
             users,
+            roles,
         }
     }
 

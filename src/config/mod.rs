@@ -144,6 +144,18 @@ pub struct BrokerConfig {
     pub max_payload_size: usize,
     /// User name → password; when non-empty, every client must log in.
     pub users: BTreeMap<String, Secret>,
+    /// User name → role, from `[broker.roles]`; a user not named here (and
+    /// an anonymous client) is a controller.
+    pub roles: BTreeMap<String, BrokerRole>,
+}
+
+/// What an outside client of the embedded broker may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerRole {
+    /// Publishes requests and cancels, subscribes.
+    Controller,
+    /// Only subscribes.
+    Observer,
 }
 
 /// `[http]`: dashboard, JSON API, live stream, health and metrics.

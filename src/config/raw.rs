@@ -69,6 +69,7 @@ pub(super) struct RawBroker {
     pub(super) listen_v4: Option<String>,
     pub(super) max_payload_size: Option<usize>,
     pub(super) users: BTreeMap<String, String>,
+    pub(super) roles: BTreeMap<String, String>,
 }
 
 /// `[http]`.

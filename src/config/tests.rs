@@ -284,6 +284,25 @@ fn embedded_broker_with_users_needs_a_matching_login() {
 }
 
 #[test]
+fn broker_roles_name_known_users_and_known_roles() {
+    let dir = base();
+    let users = "[broker.users]\nops = \"a\"\nwatch = \"b\"\n";
+    let text = format!("{MINIMAL}{users}[broker.roles]\nwatch = \"observer\"\n");
+    let config = load(&text, dir.path()).unwrap();
+    assert_eq!(config.broker.roles["watch"], BrokerRole::Observer);
+    assert!(!config.broker.roles.contains_key("ops"));
+    let text =
+        format!("{MINIMAL}{users}[broker.roles]\nwatch = \"admin\"\nnobody = \"observer\"\n");
+    assert_eq!(
+        messages(load(&text, dir.path())),
+        [
+            "broker.roles.nobody: \"nobody\" is not in [broker.users]",
+            "broker.roles.watch: \"admin\" is not a role (controller, observer)",
+        ]
+    );
+}
+
+#[test]
 fn secret_never_shows_in_debug_or_display() {
     let dir = base();
     let text = format!("{MINIMAL}[http]\ntoken = \"hunter2\"\n");

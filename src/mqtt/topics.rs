@@ -156,6 +156,25 @@ impl Topics {
             topic
         }
     }
+
+    /// True for a topic only the worker itself publishes to: a task's
+    /// status and events (`P/G/tasks/<id>/status[/...]`,
+    /// `P/G/tasks/<id>/events[/...]`) and presence (`P/G/workers[/...]`).
+    pub fn worker_only(&self, topic: &str) -> bool {
+        let group = format!("{}/{}/", self.prefix, self.group);
+        let Some(rest) = topic.strip_prefix(&group) else {
+            return false;
+        };
+        if rest == "workers" || rest.starts_with("workers/") {
+            return true;
+        }
+        let Some(task) = rest.strip_prefix("tasks/") else {
+            return false;
+        };
+        let mut levels = task.split('/');
+        let _id = levels.next();
+        matches!(levels.next(), Some("status" | "events"))
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +238,32 @@ mod tests {
             ("ansible/lab/", OwnTopic),
         ] {
             assert_eq!(topics.check_response_topic(topic), Err(why), "{topic:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_events_and_presence_are_worker_only() {
+        let topics = Topics::new("ansible", "lab", "w1", true, false);
+        for only in [
+            "ansible/lab/tasks/t1/status",
+            "ansible/lab/tasks/t1/status/w2",
+            "ansible/lab/tasks/t1/events",
+            "ansible/lab/tasks//status",
+            "ansible/lab/workers/w1",
+            "ansible/lab/workers/other",
+            "ansible/lab/workers",
+        ] {
+            assert!(topics.worker_only(only), "{only}");
+        }
+        for open in [
+            "ansible/lab/tasks",
+            "ansible/lab/tasks/t1/cancel",
+            "ansible/lab/tasks/status",
+            "ansible/other/tasks/t1/status",
+            "ansible/lab/workersx",
+            "replies/me",
+        ] {
+            assert!(!topics.worker_only(open), "{open}");
         }
     }
 

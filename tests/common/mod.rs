@@ -12,6 +12,7 @@
 //! - `appliance`: `config.example.toml` made runnable on free ports;
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
+//! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
 //! - `tmpfs`: a small file system mounted for one test, to fill and free.
 //!
 //! This file keeps what they all share: deadlines, waiting, ports and ids.
@@ -26,6 +27,7 @@ mod mosquitto;
 mod observer;
 mod procs;
 mod prometheus;
+mod raw_mqtt;
 mod sse;
 mod tmpfs;
 mod worker;
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, ejabberd::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
-    prometheus::*, sse::*, tmpfs::*, worker::*,
+    prometheus::*, raw_mqtt::*, sse::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a

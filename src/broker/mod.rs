@@ -6,16 +6,27 @@
 //! running half-alive (MQTT-NOTES.md): a listener whose port is taken fails
 //! startup with a clear error (rumqttd itself only logs it), and a panic on any
 //! broker thread ends the whole process with a logged reason, so a supervisor
-//! restarts a healthy appliance. The worker talks to it over loopback like to
-//! any other broker; nothing here knows about tasks.
+//! restarts a healthy appliance. rumqttd itself listens only on private
+//! loopback ports: outside clients reach it through the front door
+//! (`front`), which enforces the rules of `rules`, while the worker's own
+//! connection goes to the private MQTT 5 port directly, where no impostor
+//! can follow (the front door refuses the worker's client id).
+
+mod front;
+mod nodelay;
+mod packets;
+mod rules;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttd::{ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, Strategy};
 
 use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
+use crate::mqtt::topics::Topics;
 
 /// Name of the MQTT 5 listener's thread.
 const V5_THREAD: &str = "broker-v5";
@@ -47,22 +58,32 @@ pub enum BrokerError {
     NotReady(SocketAddr),
 }
 
-/// Starts the broker on its own thread and returns once every listener
-/// accepts connections. Installs the panic policy for broker threads.
-/// `requests_topic` is where the worker's task requests arrive.
-pub fn start(config: &BrokerConfig, requests_topic: &str) -> Result<(), BrokerError> {
-    let listeners: Vec<SocketAddr> = std::iter::once(config.listen)
+/// Starts the broker on its own thread behind the front door and returns
+/// once every listener accepts connections, with the private address the
+/// worker's own connection uses. Installs the panic policy for broker
+/// threads. Must be called within the Tokio runtime (the front door runs
+/// there). `topics` and `worker_id` are the worker's, which outside clients
+/// may not use.
+pub fn start(
+    config: &BrokerConfig,
+    topics: &Topics,
+    worker_id: &str,
+    metrics: Arc<Metrics>,
+) -> Result<SocketAddr, BrokerError> {
+    let public: Vec<SocketAddr> = std::iter::once(config.listen)
         .chain(config.listen_v4)
         .collect();
-    // rumqttd logs a taken port and carries on; find out first.
-    for addr in &listeners {
-        TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
-            addr: *addr,
-            source,
-        })?;
+    let mut listeners = Vec::new();
+    for addr in &public {
+        listeners.push(bind_public(*addr)?);
     }
+    let private_v5 = free_loopback_port()?;
+    let private_v4 = match config.listen_v4 {
+        Some(_) => Some(free_loopback_port()?),
+        None => None,
+    };
     install_panic_policy();
-    let rumqttd_config = rumqttd_config(config, requests_topic);
+    let rumqttd_config = rumqttd_config(config, private_v5, private_v4, &topics.tasks());
     std::thread::Builder::new()
         .name("broker".into())
         .spawn(move || {
@@ -72,11 +93,46 @@ pub fn start(config: &BrokerConfig, requests_topic: &str) -> Result<(), BrokerEr
             }
         })
         .map_err(BrokerError::Thread)?;
-    for addr in listeners {
-        wait_until_accepting(addr)?;
+    let private: Vec<SocketAddr> = std::iter::once(private_v5).chain(private_v4).collect();
+    for addr in &private {
+        wait_until_accepting(*addr)?;
+    }
+    if nodelay::on_listeners(&private) < private.len() {
+        tracing::warn!(
+            "cannot set TCP_NODELAY on the embedded broker's listeners: expect ~40 ms latency"
+        );
+    }
+    tracing::debug!(private = %private_v5, "embedded broker's private listener for the worker");
+    let rules = Arc::new(rules::Rules::new(
+        config,
+        topics.clone(),
+        worker_id,
+        metrics,
+    ));
+    for ((listener, addr), upstream) in listeners.into_iter().zip(public).zip(private) {
+        tokio::spawn(front::serve(listener, upstream, rules.clone()));
         tracing::info!(%addr, "embedded broker listening");
     }
-    Ok(())
+    Ok(private_v5)
+}
+
+/// Binds a public listener for the front door.
+fn bind_public(addr: SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
+    let fail = |source| BrokerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).map_err(fail)?;
+    listener.set_nonblocking(true).map_err(fail)?;
+    tokio::net::TcpListener::from_std(listener).map_err(fail)
+}
+
+/// A loopback address with a port free right now, for a private rumqttd
+/// listener (rumqttd cannot report the port it bound for port 0).
+fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener =
+        TcpListener::bind(any).map_err(|source| BrokerError::Bind { addr: any, source })?;
+    listener
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr: any, source })
 }
 
 fn wait_until_accepting(addr: SocketAddr) -> Result<(), BrokerError> {
@@ -125,9 +181,15 @@ fn install_panic_policy() {
     }));
 }
 
-/// The rumqttd configuration for `[broker]`, with task requests arriving on
+/// The rumqttd configuration for `[broker]` on the private listeners
+/// `listen` (MQTT 5) and `listen_v4`, with task requests arriving on
 /// `requests_topic`.
-fn rumqttd_config(config: &BrokerConfig, requests_topic: &str) -> rumqttd::Config {
+fn rumqttd_config(
+    config: &BrokerConfig,
+    listen: SocketAddr,
+    listen_v4: Option<SocketAddr>,
+    requests_topic: &str,
+) -> rumqttd::Config {
     let auth = (!config.users.is_empty()).then(|| {
         config
             .users
@@ -150,8 +212,8 @@ fn rumqttd_config(config: &BrokerConfig, requests_topic: &str) -> rumqttd::Confi
         },
     };
     let mut v5 = HashMap::new();
-    v5.insert("v5".to_owned(), server(V5_THREAD, config.listen));
-    let v4 = config.listen_v4.map(|listen| {
+    v5.insert("v5".to_owned(), server(V5_THREAD, listen));
+    let v4 = listen_v4.map(|listen| {
         let mut v4 = HashMap::new();
         v4.insert("v4".to_owned(), server(V4_THREAD, listen));
         v4
@@ -204,12 +266,19 @@ mod tests {
             listen_v4: Some("0.0.0.0:1882".parse().unwrap()),
             max_payload_size: 1024 * 1024,
             users: Default::default(),
+            roles: Default::default(),
         }
     }
 
     #[test]
     fn listeners_limits_and_segments_come_from_the_config() {
-        let config = rumqttd_config(&broker_config(), "ansible/lab/tasks");
+        let private = "127.0.0.1:1883".parse().unwrap();
+        let config = rumqttd_config(
+            &broker_config(),
+            private,
+            Some(private),
+            "ansible/lab/tasks",
+        );
         let v5 = &config.v5.as_ref().unwrap()["v5"];
         assert_eq!(v5.listen, "127.0.0.1:1883".parse().unwrap());
         assert_eq!(v5.connections.max_payload_size, 1024 * 1024);
@@ -231,7 +300,8 @@ mod tests {
         broker
             .users
             .insert("worker".into(), Secret::new("pw".to_owned()));
-        let config = rumqttd_config(&broker, "ansible/lab/tasks");
+        let private = "127.0.0.1:1883".parse().unwrap();
+        let config = rumqttd_config(&broker, private, Some(private), "ansible/lab/tasks");
         for listeners in [config.v5.unwrap(), config.v4.unwrap()] {
             for server in listeners.values() {
                 let auth = server.connections.auth.as_ref().unwrap();
@@ -246,7 +316,8 @@ mod tests {
         let mut config = broker_config();
         config.listen = taken.local_addr().unwrap();
         config.listen_v4 = None;
-        let error = start(&config, "ansible/lab/tasks").unwrap_err();
+        let topics = Topics::new("ansible", "lab", "w1", true, false);
+        let error = start(&config, &topics, "w1", Default::default()).unwrap_err();
         assert!(matches!(error, BrokerError::Bind { .. }));
         assert!(error.to_string().contains(&config.listen.to_string()));
     }
