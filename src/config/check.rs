@@ -3,20 +3,21 @@
 //! collecting every broken rule (each naming its key) instead of stopping at
 //! the first.
 //!
+//! The `[broker]` and `[http]` sections are checked in `listeners`.
+//!
 //! It reads file metadata (does a path exist, is it a directory) and the
 //! hostname, but creates nothing and looks nothing up on `PATH`.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawBroker, RawConfig, RawHttp, RawMqtt, RawWorker};
+use super::raw::{RawConfig, RawMqtt, RawWorker};
 use super::{
-    BrokerConfig, BrokerRole, Config, ConfigError, ConfigErrors, HttpConfig, MqttConfig, Secret,
-    TlsConfig, WorkerConfig, invalid,
+    BrokerConfig, Config, ConfigError, ConfigErrors, MqttConfig, Secret, TlsConfig, WorkerConfig,
+    invalid,
 };
 
 /// `worker.max_request_size` when the file does not say (1 MiB).
@@ -62,13 +63,13 @@ impl RawConfig {
 
 /// Checked stage: applies defaults, records every broken rule and returns a
 /// placeholder for a bad value so the remaining keys are still checked.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     base_dir: &'a Path,
     errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn invalid(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn invalid(&mut self, key: &str, message: impl Into<String>) {
         self.errors.push(invalid(key, message));
     }
 
@@ -80,14 +81,19 @@ impl Checker<'_> {
     }
 
     /// An optional string that, when present, must not be empty.
-    fn not_empty(&mut self, key: &str, value: Option<String>) -> Option<String> {
+    pub(super) fn not_empty(&mut self, key: &str, value: Option<String>) -> Option<String> {
         if value.as_deref() == Some("") {
             self.invalid(key, "must not be empty (leave the key out instead)");
         }
         value
     }
 
-    fn at_least<T: PartialOrd + fmt::Display>(&mut self, key: &str, value: T, min: T) -> T {
+    pub(super) fn at_least<T: PartialOrd + fmt::Display>(
+        &mut self,
+        key: &str,
+        value: T,
+        min: T,
+    ) -> T {
         if value < min {
             self.invalid(key, format!("must be at least {min}"));
         }
@@ -109,7 +115,12 @@ impl Checker<'_> {
         value
     }
 
-    fn socket_addr(&mut self, key: &str, value: Option<String>, default: SocketAddr) -> SocketAddr {
+    pub(super) fn socket_addr(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+        default: SocketAddr,
+    ) -> SocketAddr {
         let Some(text) = value else { return default };
         text.parse().unwrap_or_else(|_| {
             self.invalid(key, format!("{text:?} is not an IP:PORT socket address"));
@@ -375,108 +386,6 @@ impl Checker<'_> {
                     format!("does not match broker.users.{username}"),
                 ),
             Some(_) => {}
-        }
-    }
-
-    fn broker(&mut self, raw: RawBroker) -> BrokerConfig {
-        let listen = self.socket_addr(
-            "broker.listen",
-            raw.listen,
-            SocketAddr::from(([127, 0, 0, 1], 1883)),
-        );
-        let listen_v4 = raw
-            .listen_v4
-            .map(|addr| self.socket_addr("broker.listen_v4", Some(addr), listen));
-        if listen_v4 == Some(listen) && listen.port() != 0 {
-            self.invalid(
-                "broker.listen_v4",
-                format!("{listen} is also broker.listen"),
-            );
-        }
-        let max_payload_size = self.at_least(
-            "broker.max_payload_size",
-            raw.max_payload_size.unwrap_or(1_048_576),
-            1024,
-        );
-        let mut users = BTreeMap::new();
-        for (name, password) in raw.users {
-            if name.is_empty() {
-                self.invalid("broker.users", "a user name must not be empty");
-            }
-            users.insert(name, Secret(password));
-        }
-        let mut roles = BTreeMap::new();
-        for (name, role) in raw.roles {
-            let key = format!("broker.roles.{name}");
-            if !users.contains_key(&name) {
-                self.invalid(&key, format!("{name:?} is not in [broker.users]"));
-            }
-            match role.as_str() {
-                "controller" => roles.insert(name, BrokerRole::Controller),
-                "observer" => roles.insert(name, BrokerRole::Observer),
-                other => {
-                    self.invalid(
-                        &key,
-                        format!("{other:?} is not a role (controller, observer)"),
-                    );
-                    None
-                }
-            };
-        }
-        BrokerConfig {
-            enabled: raw.enabled.unwrap_or(false),
-            listen,
-            listen_v4,
-            max_payload_size,
-            users,
-            roles,
-        }
-    }
-
-    fn http(&mut self, raw: RawHttp, broker: &BrokerConfig) -> HttpConfig {
-        let enabled = raw.enabled.unwrap_or(false);
-        let listen = self.socket_addr(
-            "http.listen",
-            raw.listen,
-            SocketAddr::from(([127, 0, 0, 1], 8080)),
-        );
-        let token = self.not_empty("http.token", raw.token).map(Secret);
-        let broker_addrs = [Some(broker.listen), broker.listen_v4];
-        if enabled && broker.enabled && listen.port() != 0 && broker_addrs.contains(&Some(listen)) {
-            self.invalid(
-                "http.listen",
-                format!("{listen} is also a broker listen address"),
-            );
-        }
-        let token_for_reads = raw.token_for_reads.unwrap_or(false);
-        if token_for_reads && token.is_none() {
-            self.invalid("http.token_for_reads", "needs http.token".to_owned());
-        }
-        let allowed_hosts = raw
-            .allowed_hosts
-            .unwrap_or_default()
-            .into_iter()
-            .map(|host| {
-                let bad = host.is_empty()
-                    || host
-                        .chars()
-                        .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
-                if bad {
-                    // `_` is not in DNS host names, but Docker Compose service names have it.
-                    self.invalid(
-                        "http.allowed_hosts",
-                        format!("{host:?} is not a host name (letters, digits, '.', '-', '_')"),
-                    );
-                }
-                host.to_ascii_lowercase()
-            })
-            .collect();
-        HttpConfig {
-            enabled,
-            listen,
-            token,
-            token_for_reads,
-            allowed_hosts,
         }
     }
 

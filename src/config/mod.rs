@@ -22,6 +22,7 @@
 
 mod check;
 mod env;
+mod listeners;
 mod raw;
 #[cfg(test)]
 mod tests;
