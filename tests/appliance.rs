@@ -189,19 +189,7 @@ async fn large_payload_is_accepted_and_an_oversized_one_disturbs_nobody() {
 async fn broker_users_refuse_a_wrong_password_and_the_worker_logs_in() {
     let ports = Ports::free();
     let appliance = Worker::with_config_and_env(&[("MQTT_PASSWORD", "lab-secret")], |dir| {
-        let config = example_config(dir, &ports);
-        let config = replace_present(&config, "# username = \"worker\"", "username = \"worker\"");
-        let config = replace_present(
-            &config,
-            "# password = \"${MQTT_PASSWORD}\"",
-            "password = \"${MQTT_PASSWORD}\"",
-        );
-        let config = replace_present(&config, "# [broker.users]", "[broker.users]");
-        replace_present(
-            &config,
-            "# worker = \"${MQTT_PASSWORD}\"",
-            "worker = \"${MQTT_PASSWORD}\"",
-        )
+        with_broker_logins(&example_config(dir, &ports), "")
     });
     appliance.wait_log("subscribed", Duration::from_secs(20));
     assert!(appliance.log().contains("connected to the broker"));

@@ -266,18 +266,9 @@ async fn an_oversized_publish_is_refused_and_the_connection_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observers_cannot_publish_and_wrong_logins_are_refused() {
     let appliance = Appliance::start(&[("MQTT_PASSWORD", "lab-secret")], |dir, ports| {
-        let config = example_config(dir, ports);
-        let config = replace_present(&config, "# username = \"worker\"", "username = \"worker\"");
-        let config = replace_present(
-            &config,
-            "# password = \"${MQTT_PASSWORD}\"",
-            "password = \"${MQTT_PASSWORD}\"",
-        );
-        let config = replace_present(&config, "# [broker.users]", "[broker.users]");
-        let config = replace_present(
-            &config,
-            "# worker = \"${MQTT_PASSWORD}\"",
-            "worker = \"${MQTT_PASSWORD}\"\nwatcher = \"look\"\nops = \"run\"",
+        let config = with_broker_logins(
+            &example_config(dir, ports),
+            "watcher = \"look\"\nops = \"run\"",
         );
         config + "\n[broker.roles]\nwatcher = \"observer\"\nops = \"controller\"\n"
     });

@@ -102,6 +102,24 @@ pub fn example_config(dir: &Path, ports: &Ports) -> String {
 /// `text` with `from` replaced by `to`, which must occur in it (so a changed
 /// example config fails loudly instead of silently testing something else).
 #[track_caller]
+/// `config` with the example's `[broker.users]` and the worker's login
+/// switched on: the worker logs in as `worker` with `${MQTT_PASSWORD}`;
+/// `more_users` are further `name = "password"` lines of that table.
+pub fn with_broker_logins(config: &str, more_users: &str) -> String {
+    let config = replace_present(config, "# username = \"worker\"", "username = \"worker\"");
+    let config = replace_present(
+        &config,
+        "# password = \"${MQTT_PASSWORD}\"",
+        "password = \"${MQTT_PASSWORD}\"",
+    );
+    let config = replace_present(&config, "# [broker.users]", "[broker.users]");
+    replace_present(
+        &config,
+        "# worker = \"${MQTT_PASSWORD}\"",
+        &format!("worker = \"${{MQTT_PASSWORD}}\"\n{more_users}"),
+    )
+}
+
 pub fn replace_present(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "{from:?} is not in the config");
     text.replace(from, to)
