@@ -234,7 +234,7 @@ fn container_config_validates() {
 #[test]
 fn dockerfile_copy_sources_exist_and_are_in_the_context() {
     let dockerfile = read("docker/Dockerfile");
-    let ignore = read("docker/Dockerfile.dockerignore");
+    let ignore = read(".dockerignore");
     let ignored: Vec<&str> = ignore
         .lines()
         .map(str::trim)
@@ -256,7 +256,7 @@ fn dockerfile_copy_sources_exist_and_are_in_the_context() {
             let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
             assert!(
                 !Path::new(relative).starts_with(pattern),
-                "COPY source {source} is excluded by Dockerfile.dockerignore ({pattern})"
+                "COPY source {source} is excluded by .dockerignore ({pattern})"
             );
         }
     }
