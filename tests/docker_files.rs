@@ -173,62 +173,124 @@ fn dockerfile_passes_hadolint() {
         "{} is missing; {SETUP_HINT}",
         hadolint.display()
     );
-    let result = output(
-        Command::new(&hadolint)
-            .args(["--no-color", "docker/Dockerfile"])
-            .current_dir(project_dir()),
-    );
-    assert!(
-        result.status.success(),
-        "hadolint found problems in docker/Dockerfile:\n{}",
-        describe(&result)
-    );
+    for dockerfile in ["docker/Dockerfile", "docker/mosquitto.Dockerfile"] {
+        let result = output(
+            Command::new(&hadolint)
+                .args(["--no-color", dockerfile])
+                .current_dir(project_dir()),
+        );
+        assert!(
+            result.status.success(),
+            "hadolint found problems in {dockerfile}:\n{}",
+            describe(&result)
+        );
+    }
 }
 
 #[test]
-fn compose_file_is_valid() {
-    let result = output(
-        Command::new("docker-compose")
-            .args(["-f", "docker/compose.yml", "config", "-q"])
-            .current_dir(project_dir()),
-    );
-    assert!(
-        result.status.success(),
-        "docker-compose rejects docker/compose.yml:\n{}",
-        describe(&result)
-    );
+fn compose_files_are_valid() {
+    for file in ["docker/compose.yml", "docker/fleet.yml"] {
+        let result = output(
+            Command::new("docker-compose")
+                .args(["-f", file, "config", "-q"])
+                .env("MQTT_WORKER_PASSWORD", "checked")
+                .env("MQTT_CONTROLLER_PASSWORD", "checked")
+                .current_dir(project_dir()),
+        );
+        assert!(
+            result.status.success(),
+            "docker-compose rejects {file}:\n{}",
+            describe(&result)
+        );
+    }
 }
 
 #[test]
-fn container_config_validates() {
-    let text = read("docker/config.toml");
-    let playbooks = "/srv/ansible-worker/playbooks";
-    let state = "/var/lib/ansible-worker";
-    assert!(text.contains(playbooks) && text.contains(state), "{text}");
+fn container_configs_validate() {
+    // The appliance's, and the fleet workers' with the environment fleet.yml
+    // gives them.
+    for (file, env) in [
+        ("docker/config.toml", &[][..]),
+        (
+            "docker/fleet/worker.toml",
+            &[("WORKER_ID", "worker-1"), ("MQTT_PASSWORD", "checked")][..],
+        ),
+    ] {
+        let text = read(file);
+        let playbooks = "/srv/ansible-worker/playbooks";
+        let state = "/var/lib/ansible-worker";
+        assert!(text.contains(playbooks) && text.contains(state), "{text}");
 
-    // The image holds examples/playbooks at /srv/ansible-worker/playbooks; the
-    // state directory is the image's, created empty.
-    let dir = tempfile::TempDir::new().unwrap();
-    let state_dir = dir.path().join("state");
-    std::fs::create_dir(&state_dir).unwrap();
-    let sample_playbooks = project_dir().join("examples/playbooks");
-    let copy = dir.path().join("config.toml");
-    let rewritten = text
-        .replace(playbooks, sample_playbooks.to_str().unwrap())
-        .replace(state, state_dir.to_str().unwrap());
-    std::fs::write(&copy, rewritten).unwrap();
+        // The image holds examples/playbooks at /srv/ansible-worker/playbooks;
+        // the state directory is the image's, created empty.
+        let dir = tempfile::TempDir::new().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let sample_playbooks = project_dir().join("examples/playbooks");
+        let copy = dir.path().join("config.toml");
+        let rewritten = text
+            .replace(playbooks, sample_playbooks.to_str().unwrap())
+            .replace(state, state_dir.to_str().unwrap());
+        std::fs::write(&copy, rewritten).unwrap();
 
-    let result = output(
-        Command::new(env!("CARGO_BIN_EXE_ansible-worker"))
-            .arg("-c")
-            .arg(&copy)
-            .arg("--validate"),
-    );
-    assert!(
-        result.status.success(),
-        "docker/config.toml does not validate:\n{}",
-        describe(&result)
-    );
+        let result = output(
+            Command::new(env!("CARGO_BIN_EXE_ansible-worker"))
+                .arg("-c")
+                .arg(&copy)
+                .arg("--validate")
+                .envs(env.iter().copied()),
+        );
+        assert!(
+            result.status.success(),
+            "{file} does not validate:\n{}",
+            describe(&result)
+        );
+    }
+}
+
+#[test]
+fn dependency_layer_stands_in_for_every_cargo_target() {
+    // Cargo reads every target Cargo.toml declares before it builds anything,
+    // so the dependency layer must create each one's file.
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let dockerfile = read("docker/Dockerfile");
+    let stand_in = instructions(&dockerfile)
+        .into_iter()
+        .find(|i| i.keyword == "RUN" && i.args.contains("Stand-in"))
+        .expect("no stand-in RUN in docker/Dockerfile")
+        .args;
+    let copied: Vec<PathBuf> = context_copies(&dockerfile)
+        .into_iter()
+        .flat_map(|c| c.sources)
+        .map(|s| PathBuf::from(s.trim_start_matches("./").trim_end_matches('/')))
+        .collect();
+    for (kind, default_dir) in [
+        ("bench", "benches"),
+        ("example", "examples"),
+        ("bin", "src/bin"),
+    ] {
+        for target in manifest
+            .get(kind)
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let name = target["name"].as_str().unwrap();
+            let path = target
+                .get("path")
+                .and_then(|p| p.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{default_dir}/{name}.rs"));
+            assert!(
+                stand_in.contains(&format!("> {path}")),
+                "the Dockerfile's dependency layer has no stand-in for {kind} {name} ({path})"
+            );
+            assert!(
+                copied.iter().any(|c| Path::new(&path).starts_with(c)),
+                "the Dockerfile's build stage does not copy {kind} {name} ({path})"
+            );
+        }
+    }
 }
 
 #[test]
@@ -373,7 +435,7 @@ fn container_paths_agree() {
             "EXPOSE {expose} lacks {port}"
         );
         assert!(
-            compose.contains(&format!("\"127.0.0.1:{port}:{port}\"")),
+            compose.contains(&format!(":-127.0.0.1:{port}}}:{port}\"")),
             "compose.yml does not publish {port} on 127.0.0.1"
         );
     }

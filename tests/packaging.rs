@@ -82,7 +82,9 @@ fn unit_stops_cleanly_restarts_and_is_hardened() {
     // SIGTERM to the worker alone, which stops its runs itself; SIGKILL for
     // whatever remains after the timeout.
     assert_eq!(get("KillMode"), "mixed");
-    let stop_timeout: u64 = get("TimeoutStopSec").parse().expect("TimeoutStopSec in seconds");
+    let stop_timeout: u64 = get("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in seconds");
     let kill_grace = default_kill_grace();
     assert!(
         stop_timeout >= kill_grace + 10,

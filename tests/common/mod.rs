@@ -13,13 +13,16 @@
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
 //! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
-//! - `tmpfs`: a small file system mounted for one test, to fill and free.
+//! - `tmpfs`: a small file system mounted for one test, to fill and free;
+//! - `docker`: the images and compose projects of `docker/`, for the container
+//!   tests.
 //!
 //! This file keeps what they all share: deadlines, waiting, ports and ids.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 mod ansible;
 mod appliance;
+mod docker;
 mod ejabberd;
 mod http;
 mod ledger;
@@ -40,8 +43,8 @@ use std::time::{Duration, Instant};
 // Each test binary uses a different part of these, too.
 #[allow(unused_imports)]
 pub use self::{
-    ansible::*, appliance::*, ejabberd::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
-    prometheus::*, raw_mqtt::*, sse::*, tmpfs::*, worker::*,
+    ansible::*, appliance::*, docker::*, ejabberd::*, http::*, ledger::*, mosquitto::*,
+    observer::*, procs::*, prometheus::*, raw_mqtt::*, sse::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
