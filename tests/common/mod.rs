@@ -13,6 +13,8 @@
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
 //! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
+//! - `schema`: the JSON Schemas of `docs/schema/`, which every status document
+//!   the observer or the HTTP client receives must pass;
 //! - `tmpfs`: a small file system mounted for one test, to fill and free.
 //!
 //! This file keeps what they all share: deadlines, waiting, ports and ids.
@@ -28,6 +30,7 @@ mod observer;
 mod procs;
 mod prometheus;
 mod raw_mqtt;
+mod schema;
 mod sse;
 mod tmpfs;
 mod worker;
@@ -41,7 +44,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, ejabberd::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
-    prometheus::*, raw_mqtt::*, sse::*, tmpfs::*, worker::*,
+    prometheus::*, raw_mqtt::*, schema::*, sse::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
