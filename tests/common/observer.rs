@@ -83,13 +83,14 @@ impl Observer {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        if is_status_topic(&topic) {
-                            if let Some(why) = status_violation(&p.payload) {
-                                violations
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("on {topic}: {why}"));
-                            }
+                        let violation = is_status_topic(&topic)
+                            .then(|| status_violation(&p.payload))
+                            .flatten();
+                        if let Some(why) = violation {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("on {topic}: {why}"));
                         }
                         if let Ok(doc) = serde_json::from_slice::<Value>(&p.payload) {
                             sink.lock().unwrap().push(Seen { topic, doc });
