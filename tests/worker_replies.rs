@@ -124,10 +124,13 @@ impl Requester {
             .unwrap();
     }
 
-    /// What arrived on `topic`, in order.
+    /// What arrived on `topic`, in order; replies are status documents and
+    /// must pass the status schema.
     fn on(&self, topic: &str) -> Vec<Received> {
         let seen = self.seen.lock().unwrap();
-        seen.iter().filter(|r| r.topic == topic).cloned().collect()
+        let received: Vec<Received> = seen.iter().filter(|r| r.topic == topic).cloned().collect();
+        received.iter().for_each(|r| assert_valid_status(&r.doc));
+        received
     }
 }
 

@@ -177,6 +177,13 @@ impl ReservedNames {
         });
     }
 
+    /// The built-in list (ansible-core 2.19's special variables, playbook
+    /// keywords and template globals), which the published request schema
+    /// repeats.
+    pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+        SPECIAL_VARIABLES.into_iter().chain(KEYWORDS_AND_GLOBALS)
+    }
+
     /// True if a top-level extra var may not be called `name`.
     pub fn contains(&self, name: &str) -> bool {
         match self.discovered.get() {
@@ -195,11 +202,7 @@ impl ReservedNames {
 
     /// The built-in list, as a set.
     pub(super) fn builtin_set() -> BTreeSet<String> {
-        SPECIAL_VARIABLES
-            .iter()
-            .chain(KEYWORDS_AND_GLOBALS.iter())
-            .map(|name| name.to_string())
-            .collect()
+        ReservedNames::builtin_names().map(str::to_owned).collect()
     }
 }
 

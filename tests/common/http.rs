@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{
-    DEADLINE, EventStream, Metrics, Observer, Ports, Worker, example_config, is_final, wait_until,
+    DEADLINE, EventStream, Metrics, Observer, Ports, Worker, assert_valid_status, example_config,
+    is_final, wait_until,
 };
 
 /// The appliance with a config of the test's making, subscribed and
@@ -222,10 +223,12 @@ impl Http {
     }
 
     /// The current status of `id` (`GET /api/tasks/{id}`), if the worker
-    /// holds it.
+    /// holds it; it must pass the status schema, as published.
     pub fn task(&self, id: &str) -> Option<Value> {
         let reply = self.get(&format!("/api/tasks/{id}"));
-        (reply.status == 200).then(|| reply.json())
+        let doc = (reply.status == 200).then(|| reply.json())?;
+        assert_valid_status(&doc);
+        Some(doc)
     }
 
     /// Waits until `id` is in a final state and returns its detail.

@@ -13,6 +13,8 @@
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
 //! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
+//! - `schema`: the JSON Schemas of `docs/schema/`, which every status document
+//!   the observer or the HTTP client receives must pass;
 //! - `tmpfs`: a small file system mounted for one test, to fill and free;
 //! - `docker`: the images and compose projects of `docker/`, for the container
 //!   tests.
@@ -31,6 +33,7 @@ mod observer;
 mod procs;
 mod prometheus;
 mod raw_mqtt;
+mod schema;
 mod sse;
 mod tmpfs;
 mod worker;
@@ -44,7 +47,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, docker::*, ejabberd::*, http::*, ledger::*, mosquitto::*,
-    observer::*, procs::*, prometheus::*, raw_mqtt::*, sse::*, tmpfs::*, worker::*,
+    observer::*, procs::*, prometheus::*, raw_mqtt::*, schema::*, sse::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a

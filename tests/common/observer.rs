@@ -1,6 +1,10 @@
 //! An MQTT 5 client on the worker's topics: it publishes requests and cancels
 //! and records every status and presence document, plus the predicates tests
 //! ask of those documents. It does not start a broker or a worker.
+//!
+//! Every status document it receives must pass the published status schema
+//! (`schema`): a test that reads what the observer saw, or drops it, fails
+//! with the document and the schema's errors otherwise.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +14,7 @@ use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::Value;
 
-use super::wait_for;
+use super::{status_violation, wait_for};
 
 /// One status document as received.
 #[derive(Debug, Clone)]
@@ -24,6 +28,8 @@ pub struct Seen {
 pub struct Observer {
     pub client: AsyncClient,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Status payloads that are not valid status documents, explained.
+    invalid: Arc<Mutex<Vec<String>>>,
     connects: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
     prefix: String,
@@ -49,6 +55,7 @@ impl Observer {
         }
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let invalid = Arc::new(Mutex::new(Vec::new()));
         let filters = [
             format!("ansible/{group}/tasks/+/status/#"),
             format!("ansible/{group}/workers/+"),
@@ -56,6 +63,7 @@ impl Observer {
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
         let sink = seen.clone();
+        let violations = invalid.clone();
         let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let connected = connects.clone();
         let sub_client = client.clone();
@@ -75,6 +83,15 @@ impl Observer {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let violation = is_status_topic(&topic)
+                            .then(|| status_violation(&p.payload))
+                            .flatten();
+                        if let Some(why) = violation {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("on {topic}: {why}"));
+                        }
                         if let Ok(doc) = serde_json::from_slice::<Value>(&p.payload) {
                             sink.lock().unwrap().push(Seen { topic, doc });
                         }
@@ -91,6 +108,7 @@ impl Observer {
         Observer {
             client,
             seen,
+            invalid,
             connects,
             task,
             prefix: format!("ansible/{group}"),
@@ -143,8 +161,10 @@ impl Observer {
             .collect()
     }
 
-    /// Every status document received, with topics.
+    /// Every status document received, with topics. Panics if one of them
+    /// broke the status schema.
     pub fn all(&self) -> Vec<Seen> {
+        self.assert_valid_statuses();
         let seen = self.seen.lock().unwrap();
         seen.iter()
             .filter(|s| s.topic.contains("/tasks/"))
@@ -154,6 +174,7 @@ impl Observer {
 
     /// Every presence document of `worker_id` received, in order.
     pub fn presence(&self, worker_id: &str) -> Vec<Value> {
+        self.assert_valid_statuses();
         let topic = format!("{}/workers/{worker_id}", self.prefix);
         let seen = self.seen.lock().unwrap();
         seen.iter()
@@ -204,12 +225,39 @@ impl Observer {
         );
         found.unwrap()
     }
+
+    /// Panics with the first status payload received so far that is not a
+    /// valid status document (and how many there were).
+    #[track_caller]
+    pub fn assert_valid_statuses(&self) {
+        let invalid = self.invalid.lock().unwrap();
+        if let Some(first) = invalid.first() {
+            panic!(
+                "{} invalid status document(s); the first {first}",
+                invalid.len()
+            );
+        }
+    }
 }
 
 impl Drop for Observer {
     fn drop(&mut self) {
         self.task.abort();
+        // What arrived after the test's last look is checked too, unless the
+        // test already fails.
+        if !std::thread::panicking() {
+            self.assert_valid_statuses();
+        }
     }
+}
+
+/// True for `ansible/<group>/tasks/<id>/status` and `.../status/<worker_id>`.
+fn is_status_topic(topic: &str) -> bool {
+    let levels: Vec<&str> = topic.split('/').collect();
+    matches!(
+        levels.as_slice(),
+        ["ansible", _, "tasks", _, "status"] | ["ansible", _, "tasks", _, "status", _]
+    )
 }
 
 /// True for a status document in a final state.
