@@ -6,6 +6,8 @@
 //! - `ejabberd`: ejabberd's MQTT broker (no shared subscriptions) on one;
 //! - `worker`: the `ansible-worker` binary with a generated or given config;
 //! - `observer`: an MQTT client that records every status document;
+//! - `controller`: an MQTT 5 client with a login of its own, Response Topics
+//!   and the broker's reason codes;
 //! - `procs`: processes found and killed through `/proc`;
 //! - `ansible`: the test venv's `ansible-playbook` and the test playbooks;
 //! - `ledger`: a file `ledger.yml` appends to, counting real runs;
@@ -13,13 +15,15 @@
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
 //! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
-//! - `tmpfs`: a small file system mounted for one test, to fill and free.
+//! - `tmpfs`: a small file system mounted for one test, to fill and free;
+//! - `tls`: a private CA and certificates.
 //!
 //! This file keeps what they all share: deadlines, waiting, ports and ids.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 mod ansible;
 mod appliance;
+mod controller;
 mod ejabberd;
 mod http;
 mod ledger;
@@ -29,6 +33,7 @@ mod procs;
 mod prometheus;
 mod raw_mqtt;
 mod sse;
+mod tls;
 mod tmpfs;
 mod worker;
 
@@ -40,8 +45,8 @@ use std::time::{Duration, Instant};
 // Each test binary uses a different part of these, too.
 #[allow(unused_imports)]
 pub use self::{
-    ansible::*, appliance::*, ejabberd::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
-    prometheus::*, raw_mqtt::*, sse::*, tmpfs::*, worker::*,
+    ansible::*, appliance::*, controller::*, ejabberd::*, http::*, ledger::*, mosquitto::*,
+    observer::*, procs::*, prometheus::*, raw_mqtt::*, sse::*, tls::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
