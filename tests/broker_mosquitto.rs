@@ -188,3 +188,29 @@ async fn the_readme_mosquitto_setup_lets_workers_and_controllers_do_their_part_o
         assert!(refused.contains("Not authorized"), "{anonymous:?}");
     }
 }
+
+#[test]
+fn the_readme_quotes_the_worker_config_that_runs_here() {
+    let readme = std::fs::read_to_string(project_dir().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## With Mosquitto\n")
+        .nth(1)
+        .expect("README has a \"With Mosquitto\" section");
+    let section = section.split("\n## ").next().unwrap();
+    let quoted: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .collect();
+    assert!(
+        !quoted.is_empty(),
+        "no TOML in the README's Mosquitto section"
+    );
+    let worker = example("worker.toml");
+    for block in quoted {
+        assert!(
+            worker.contains(block),
+            "README quotes what examples/mosquitto/worker.toml does not say:\n{block}"
+        );
+    }
+}
