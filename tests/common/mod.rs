@@ -6,6 +6,8 @@
 //! - `ejabberd`: ejabberd's MQTT broker (no shared subscriptions) on one;
 //! - `worker`: the `ansible-worker` binary with a generated or given config;
 //! - `observer`: an MQTT client that records every status document;
+//! - `controller`: an MQTT 5 client with a login of its own, Response Topics
+//!   and the broker's reason codes;
 //! - `procs`: processes found and killed through `/proc`;
 //! - `ansible`: the test venv's `ansible-playbook` and the test playbooks;
 //! - `ledger`: a file `ledger.yml` appends to, counting real runs;
@@ -16,6 +18,7 @@
 //! - `schema`: the JSON Schemas of `docs/schema/`, which every status document
 //!   the observer or the HTTP client receives must pass;
 //! - `tmpfs`: a small file system mounted for one test, to fill and free;
+//! - `tls`: a private CA and certificates;
 //! - `docker`: the images and compose projects of `docker/`, for the container
 //!   tests.
 //!
@@ -24,6 +27,7 @@
 
 mod ansible;
 mod appliance;
+mod controller;
 mod docker;
 mod ejabberd;
 mod http;
@@ -35,6 +39,7 @@ mod prometheus;
 mod raw_mqtt;
 mod schema;
 mod sse;
+mod tls;
 mod tmpfs;
 mod worker;
 
@@ -46,8 +51,9 @@ use std::time::{Duration, Instant};
 // Each test binary uses a different part of these, too.
 #[allow(unused_imports)]
 pub use self::{
-    ansible::*, appliance::*, docker::*, ejabberd::*, http::*, ledger::*, mosquitto::*,
-    observer::*, procs::*, prometheus::*, raw_mqtt::*, schema::*, sse::*, tmpfs::*, worker::*,
+    ansible::*, appliance::*, controller::*, docker::*, ejabberd::*, http::*, ledger::*,
+    mosquitto::*, observer::*, procs::*, prometheus::*, raw_mqtt::*, schema::*, sse::*, tls::*,
+    tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a

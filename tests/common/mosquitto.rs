@@ -14,7 +14,7 @@ use super::{free_port, wait_until};
 pub struct Mosquitto {
     pub port: u16,
     dir: TempDir,
-    extra: String,
+    config: String,
     child: Option<Child>,
 }
 
@@ -27,28 +27,38 @@ impl Mosquitto {
     /// Starts a broker whose config ends with `extra` (more listeners, with
     /// `per_listener_settings true` in force).
     pub fn start_with(extra: &str) -> Self {
-        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        Self::start_config(
+            port,
+            &format!(
+                "per_listener_settings true\nuser root\npersistence false\nmax_packet_size 2000000\n\
+                 log_dest stderr\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n"
+            ),
+        )
+    }
+
+    /// Starts a broker with the whole of `config` (which must open a
+    /// listener on 127.0.0.1:`port`, and say `user root` when the tests run
+    /// as root, so that it can read files in the tests' private temp dirs).
+    pub fn start_config(port: u16, config: &str) -> Self {
         let mut broker = Mosquitto {
-            port: free_port(),
-            dir,
-            extra: extra.to_owned(),
+            port,
+            dir: TempDir::new().unwrap(),
+            config: config.to_owned(),
             child: None,
         };
         broker.spawn();
         broker
     }
 
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
     fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "per_listener_settings true\nuser root\npersistence false\nmax_packet_size 2000000\n\
-                 log_dest stderr\nlistener {} 127.0.0.1\nallow_anonymous true\n{}\n",
-                self.port, self.extra
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, &self.config).unwrap();
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
