@@ -35,12 +35,12 @@ pub enum ClientError {
     #[error("cannot start the MQTT connection thread: {0}")]
     Thread(std::io::Error),
     /// A TLS file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     TlsFile {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -111,9 +111,9 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
 
 fn tls_configuration(tls: &TlsConfig) -> Result<TlsConfiguration, ClientError> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| ClientError::TlsFile {
+        std::fs::read(path).map_err(|error| ClientError::TlsFile {
             path: path.display().to_string(),
-            source,
+            error,
         })
     };
     let ca = match &tls.ca_cert {
