@@ -129,7 +129,8 @@ pub struct MqttConfig {
 /// TLS for the broker connection.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
-    /// PEM file of the CA(s) to trust; `None` means the system roots.
+    /// PEM file of the CA(s) to trust; `None` means the platform's trust
+    /// store (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set).
     pub ca_cert: Option<PathBuf>,
     /// Client certificate and key PEM files, for mutual TLS.
     pub client_auth: Option<(PathBuf, PathBuf)>,
