@@ -215,7 +215,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
 
 /// SIGKILLs every process of the runs of the worker configured by `worker`
 /// (in this process or a crashed earlier one) and returns how many there
-/// were: for an exit that cannot wait for [`run`]'s shutdown, so that no
+/// were: for an exit that cannot wait for [`run()`]'s shutdown, so that no
 /// `ansible-playbook` outlives it. The tasks' states are left as they are.
 pub async fn kill_runs(worker: &config::WorkerConfig) -> usize {
     let state_dir =
