@@ -51,16 +51,18 @@ use table::{TableSettings, TaskTable};
 /// DISCONNECT to get out during shutdown.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
-/// Errors that stop the worker from starting.
+/// Errors that stop the worker from starting. A message carries its OS
+/// error itself rather than as `source()`, so that printing the chain
+/// (`{:#}`) does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The state or runtime directory could not be prepared.
-    #[error("cannot prepare {path}: {source}")]
+    #[error("cannot prepare {path}: {error}")]
     StateDir {
         /// The directory.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The task journal could not be opened or read.
     #[error(transparent)]
@@ -72,12 +74,12 @@ pub enum StartError {
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
     /// The HTTP listener could not be bound.
-    #[error("cannot listen for HTTP on {addr}: {source}")]
+    #[error("cannot listen for HTTP on {addr}: {error}")]
     Http {
         /// The listen address.
         addr: std::net::SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -105,7 +107,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     }
     let worker = &config.worker;
     let state_dir = prepare_state_dir(&worker.state_dir)?;
-    let runtime_dir = state_dir.join(format!("runtime-{}", worker.worker_id));
+    let runtime_dir = runtime_dir(&state_dir, &worker.worker_id);
     // Runs a crashed predecessor left behind must not race the recovery.
     let leftovers = run::kill::kill_leftovers(&runtime_dir).await;
     if leftovers > 0 {
@@ -124,9 +126,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         kill_grace: worker.kill_grace,
         inventory_plugins: worker.inventory_plugins.clone(),
     })
-    .map_err(|source| StartError::StateDir {
+    .map_err(|error| StartError::StateDir {
         path: runtime_dir.display().to_string(),
-        source,
+        error,
     })?;
     let runner = Arc::new(runner);
 
@@ -211,13 +213,29 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     Ok(())
 }
 
+/// SIGKILLs every process of the runs of the worker configured by `worker`
+/// (in this process or a crashed earlier one) and returns how many there
+/// were: for an exit that cannot wait for [`run()`]'s shutdown, so that no
+/// `ansible-playbook` outlives it. The tasks' states are left as they are.
+pub async fn kill_runs(worker: &config::WorkerConfig) -> usize {
+    let state_dir =
+        std::fs::canonicalize(&worker.state_dir).unwrap_or_else(|_| worker.state_dir.clone());
+    run::kill::kill_leftovers(&runtime_dir(&state_dir, &worker.worker_id)).await
+}
+
+/// The directory of the runs' files and markers, inside the (canonical)
+/// state directory; one per worker id, so workers may share a state dir.
+fn runtime_dir(state_dir: &std::path::Path, worker_id: &str) -> std::path::PathBuf {
+    state_dir.join(format!("runtime-{worker_id}"))
+}
+
 /// Creates the state directory (private: the journal holds requests) and
 /// returns its absolute path.
 fn prepare_state_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, StartError> {
     use std::os::unix::fs::DirBuilderExt;
-    let fail = |source| StartError::StateDir {
+    let fail = |error| StartError::StateDir {
         path: dir.display().to_string(),
-        source,
+        error,
     };
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -241,7 +259,7 @@ async fn start_http(
     let addr = config.http.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Http { addr, source })?;
+        .map_err(|error| StartError::Http { addr, error })?;
     let state = http::AppState {
         table: table.clone(),
         client: mqtt.client(),

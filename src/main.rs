@@ -5,16 +5,16 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use ansible_worker::cli::{Cli, Command};
+use ansible_worker::cli::{self, Cli, Command};
 use ansible_worker::config::{Config, EXAMPLE_CONFIG};
 use ansible_worker::submit::{self, Outcome, SubmitError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_args();
     match &cli.command {
         Some(Command::PrintConfig) => {
             print!("{EXAMPLE_CONFIG}");
@@ -22,6 +22,13 @@ fn main() -> ExitCode {
         }
         Some(Command::Submit(args)) => return controller(submit::submit(&cli.config, args)),
         Some(Command::Cancel(args)) => return controller(submit::cancel(&cli.config, args)),
+        Some(Command::Completions { shell }) => {
+            return written(cli::write_completions(*shell, &mut std::io::stdout()));
+        }
+        Some(Command::Man { dir: Some(dir) }) => return written(cli::write_man_pages(dir)),
+        Some(Command::Man { dir: None }) => {
+            return written(cli::write_man_page(&mut std::io::stdout()));
+        }
         None => {}
     }
     let config = match Config::load(&cli.config) {
@@ -39,8 +46,21 @@ fn main() -> ExitCode {
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line on stderr, where the log goes too: not logged as well.
             eprintln!("ansible-worker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The exit code of a command that only writes something out.
+fn written(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader stopped early (`| head`): nothing went wrong here.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ansible-worker: cannot write: {e}");
             ExitCode::from(2)
         }
     }
@@ -83,27 +103,53 @@ fn init_tracing(level: &str) {
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let signalled = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        signalled.cancel();
-    });
+    let signals = StopSignals::listen()?;
+    tokio::spawn(stop_on_signals(signals, config.clone(), shutdown.clone()));
     ansible_worker::run(config, shutdown).await?;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+/// SIGINT and SIGTERM, listened for from start-up on, so that no signal
+/// falls back to the default action (exit without any shutdown).
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        let listen =
+            |kind, name| signal(kind).map_err(|e| anyhow::anyhow!("cannot listen for {name}: {e}"));
+        Ok(StopSignals {
+            interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+            terminate: listen(SignalKind::terminate(), "SIGTERM")?,
+        })
     }
+
+    /// The next signal's name and the exit code a second one leaves with.
+    async fn next(&mut self) -> (&'static str, u8) {
+        tokio::select! {
+            _ = self.interrupt.recv() => ("SIGINT", cli::EXIT_SIGINT),
+            _ = self.terminate.recv() => ("SIGTERM", cli::EXIT_SIGTERM),
+        }
+    }
+}
+
+/// The first signal starts the graceful shutdown; a second one, for an
+/// operator who will not wait for it, kills every process of the runs and
+/// exits at once. No final status is published then: the tasks stay
+/// `running` in the journal, and the next start ends them as it ends the
+/// runs of a crashed worker.
+async fn stop_on_signals(mut signals: StopSignals, config: Config, shutdown: CancellationToken) {
+    let (first, _) = signals.next().await;
+    tracing::info!("{first} received: shutting down (a second SIGINT or SIGTERM exits at once)");
+    shutdown.cancel();
+    let (second, code) = signals.next().await;
+    tracing::warn!("{second} received during the shutdown: killing the runs and exiting now");
+    let killed = ansible_worker::kill_runs(&config.worker).await;
+    tracing::warn!(
+        killed,
+        "exiting without waiting for the runs' final statuses"
+    );
+    std::process::exit(i32::from(code));
 }

@@ -4,9 +4,14 @@
 //! records reconnects and ignored Response Topics; the embedded broker's front
 //! door records the clients and publishes it refused. Queue and running gauges are read from the table when
 //! rendering, so nothing here keeps a second copy of task state.
+//!
+//! Counters are independent atomics; the run duration histogram is one value
+//! under a lock, so every scrape sees its buckets, sum and count from the same
+//! moment (cumulative buckets never decrease and `+Inf` equals `_count`).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::model::TaskState;
@@ -99,9 +104,30 @@ pub struct Metrics {
     reconnects: AtomicU64,
     response_topics_ignored: AtomicU64,
     broker_refusals: [AtomicU64; 5],
-    duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_micros: AtomicU64,
+    run_durations: Mutex<RunDurations>,
+}
+
+/// The run duration histogram: changed and read only as a whole.
+#[derive(Debug, Default, Clone, Copy)]
+struct RunDurations {
+    /// Runs no longer than each bound of [`DURATION_BUCKETS`] (cumulative).
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum_micros: u64,
+}
+
+impl RunDurations {
+    fn observe(&mut self, run: Duration) {
+        let seconds = run.as_secs_f64();
+        for (bound, bucket) in DURATION_BUCKETS.iter().zip(&mut self.buckets) {
+            if seconds <= *bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        let micros = u64::try_from(run.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros = self.sum_micros.saturating_add(micros);
+    }
 }
 
 impl Metrics {
@@ -112,16 +138,10 @@ impl Metrics {
             self.finals[i].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(run) = run {
-            let seconds = run.as_secs_f64();
-            for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.duration_buckets) {
-                if seconds <= *bound {
-                    bucket.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            self.duration_count.fetch_add(1, Ordering::Relaxed);
-            let micros = u64::try_from(run.as_micros()).unwrap_or(u64::MAX);
-            self.duration_sum_micros
-                .fetch_add(micros, Ordering::Relaxed);
+            self.run_durations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(run);
         }
     }
 
@@ -248,19 +268,23 @@ impl Metrics {
             "histogram",
             "Length of ansible-playbook runs.",
         );
-        for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.duration_buckets) {
+        // A copy, so the lock is not held while formatting.
+        let durations = *self
+            .run_durations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (bound, bucket) in DURATION_BUCKETS.iter().zip(durations.buckets) {
             let _ = writeln!(
                 out,
-                "ansible_worker_run_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                load(bucket)
+                "ansible_worker_run_duration_seconds_bucket{{le=\"{bound}\"}} {bucket}"
             );
         }
-        let count = load(&self.duration_count);
+        let count = durations.count;
         let _ = writeln!(
             out,
             "ansible_worker_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
         );
-        let sum = load(&self.duration_sum_micros) as f64 / 1e6;
+        let sum = durations.sum_micros as f64 / 1e6;
         let _ = writeln!(out, "ansible_worker_run_duration_seconds_sum {sum}");
         let _ = writeln!(out, "ansible_worker_run_duration_seconds_count {count}");
         out
@@ -337,5 +361,64 @@ mod tests {
             value(&text, "ansible_worker_run_duration_seconds_sum"),
             21.5
         );
+    }
+
+    #[test]
+    fn every_scrape_shows_one_consistent_histogram_while_runs_end() {
+        // Short runs land in every bucket, long ones only in le="3600".
+        const SHORT: Duration = Duration::from_millis(100);
+        const LONG: Duration = Duration::from_secs(2000);
+        let metrics = Metrics::default();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (scrapes, verdict) = std::thread::scope(|scope| {
+            for run in [SHORT, LONG, SHORT, LONG] {
+                let (metrics, done) = (&metrics, &done);
+                scope.spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        metrics.task_finished(TaskState::Success, Some(run));
+                    }
+                });
+            }
+            let mut scrapes = 0;
+            let mut verdict = Ok(());
+            let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+            while verdict.is_ok() && std::time::Instant::now() < deadline {
+                verdict = check_histogram(&metrics.render(0, 0), SHORT, LONG);
+                scrapes += 1;
+            }
+            // Before any assertion: the scope waits for the threads.
+            done.store(true, Ordering::Relaxed);
+            (scrapes, verdict)
+        });
+        if let Err(problem) = verdict {
+            panic!("scrape {scrapes}: {problem}");
+        }
+        assert!(scrapes > 100, "{scrapes}");
+    }
+
+    /// Cumulative buckets never decrease, `+Inf` is `_count`, and `_sum` is
+    /// what the counted runs add up to.
+    fn check_histogram(text: &str, short: Duration, long: Duration) -> Result<(), String> {
+        let series = "ansible_worker_run_duration_seconds";
+        let mut previous = 0.0;
+        let bounds = DURATION_BUCKETS.iter().map(ToString::to_string);
+        for bound in bounds.chain(["+Inf".into()]) {
+            let bucket = value(text, &format!("{series}_bucket{{le=\"{bound}\"}}"));
+            if bucket < previous {
+                return Err(format!("le={bound} fell below {previous}:\n{text}"));
+            }
+            previous = bucket;
+        }
+        let count = value(text, &format!("{series}_count"));
+        if previous != count {
+            return Err(format!("+Inf is not _count:\n{text}"));
+        }
+        let shorts = value(text, &format!("{series}_bucket{{le=\"0.5\"}}"));
+        let expected = shorts * short.as_secs_f64() + (count - shorts) * long.as_secs_f64();
+        let sum = value(text, &format!("{series}_sum"));
+        if (sum - expected).abs() > expected * 1e-9 {
+            return Err(format!("_sum is not {expected}:\n{text}"));
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Logging in and TLS against a real Mosquitto: a wrong password keeps the
 //! worker retrying (with backoff) instead of dying; the right one works; mutual
-//! TLS with a private CA works.
+//! TLS with a private CA works; without `tls_ca_cert` the platform's trust
+//! store (`SSL_CERT_FILE`) decides.
 
 mod common;
 
@@ -104,4 +105,75 @@ async fn mutual_tls_with_a_private_ca() {
         refused.log()
     );
     assert!(!refused.log().contains("subscribed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_ca_file_the_platform_trust_store_decides() {
+    let certs = tempfile::TempDir::new().unwrap();
+    make_certificates(certs.path());
+    // A second CA that signed nothing of this broker.
+    openssl(
+        certs.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=other-ca",
+        ],
+    );
+    let c = |name: &str| certs.path().join(name).display().to_string();
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\nallow_anonymous true\ncertfile {}\nkeyfile {}\n",
+        c("server.pem"),
+        c("server.key")
+    ));
+    let setup = |worker_id: &str, ssl_cert_file: String| {
+        let mut setup = WorkerSetup::new("native", tls_port);
+        setup.worker_id = worker_id.into();
+        setup.extra_mqtt = "tls_enabled = true".into();
+        // Only the file: an SSL_CERT_DIR of the test's environment is
+        // cleared (an empty value names no directory).
+        setup.env = vec![
+            ("SSL_CERT_FILE".into(), ssl_cert_file),
+            ("SSL_CERT_DIR".into(), String::new()),
+        ];
+        setup
+    };
+
+    // The store SSL_CERT_FILE names trusts the broker's CA: it connects.
+    let _trusting = setup("native-w1", c("ca.pem")).start();
+    let observer = Observer::start(broker.port, "native").await;
+    observer.submit(quick_failure("native-1")).await;
+    let done = observer.wait_final("native-1", DEADLINE).await;
+    assert_eq!(done["worker_id"], "native-w1");
+
+    // One that does not: the broker's certificate is refused.
+    let distrusting = setup("native-other", c("other.pem")).spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || distrusting
+            .log()
+            .contains("broker connection failed")),
+        "{}",
+        distrusting.log()
+    );
+    assert!(!distrusting.log().contains("subscribed"));
+
+    // None at all: the worker does not start, and says why.
+    let mut empty = setup("native-none", c("missing.pem")).spawn();
+    assert_eq!(empty.wait_exit(Duration::from_secs(20)), Some(2));
+    assert!(
+        empty.log().contains("no trusted CA certificates for TLS"),
+        "{}",
+        empty.log()
+    );
 }

@@ -43,12 +43,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// A listener address cannot be bound (typically: already in use).
-    #[error("embedded broker cannot listen on {addr}: {source}")]
+    #[error("embedded broker cannot listen on {addr}: {error}")]
     Bind {
         /// The listener address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The broker thread could not be started.
     #[error("cannot start the embedded broker thread: {0}")]
@@ -118,7 +118,7 @@ pub fn start(
 
 /// Binds a public listener for the front door.
 fn bind_public(addr: SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
-    let fail = |source| BrokerError::Bind { addr, source };
+    let fail = |error| BrokerError::Bind { addr, error };
     let listener = TcpListener::bind(addr).map_err(fail)?;
     listener.set_nonblocking(true).map_err(fail)?;
     tokio::net::TcpListener::from_std(listener).map_err(fail)
@@ -129,10 +129,10 @@ fn bind_public(addr: SocketAddr) -> Result<tokio::net::TcpListener, BrokerError>
 fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let listener =
-        TcpListener::bind(any).map_err(|source| BrokerError::Bind { addr: any, source })?;
+        TcpListener::bind(any).map_err(|error| BrokerError::Bind { addr: any, error })?;
     listener
         .local_addr()
-        .map_err(|source| BrokerError::Bind { addr: any, source })
+        .map_err(|error| BrokerError::Bind { addr: any, error })
 }
 
 fn wait_until_accepting(addr: SocketAddr) -> Result<(), BrokerError> {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawMqtt, RawWorker};
+use super::shape::follows_from;
 use super::{
     BrokerConfig, Config, ConfigError, ConfigErrors, MqttConfig, Secret, TlsConfig, WorkerConfig,
     invalid,
@@ -29,10 +30,27 @@ pub const DEFAULT_INVENTORY_PLUGINS: [&str; 4] = ["host_list", "ini", "yaml", "t
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
 impl RawConfig {
-    pub(super) fn check(self, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    /// The checked config, or every problem: `reported` (from the earlier
+    /// stages, whose keys were dropped) followed by the broken rules.
+    pub(super) fn check(
+        self,
+        base_dir: &Path,
+        reported: Vec<ConfigError>,
+    ) -> Result<Config, ConfigErrors> {
+        let dropped = reported
+            .iter()
+            .map(|error| {
+                let key = error.key();
+                // `a.list[1]` was dropped as a whole.
+                key.split_once('[').map_or(key, |(table_key, _)| table_key)
+            })
+            .filter(|key| !key.is_empty())
+            .map(str::to_owned)
+            .collect();
         let mut c = Checker {
             base_dir,
-            errors: Vec::new(),
+            dropped,
+            errors: reported,
         };
         let log_level = self
             .log_level
@@ -65,12 +83,22 @@ impl RawConfig {
 /// placeholder for a bad value so the remaining keys are still checked.
 pub(super) struct Checker<'a> {
     base_dir: &'a Path,
+    /// Keys already reported by the earlier stages and left out of the raw
+    /// config: a rule they break only through their placeholder is noise.
+    dropped: Vec<String>,
     errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
     pub(super) fn invalid(&mut self, key: &str, message: impl Into<String>) {
-        self.errors.push(invalid(key, message));
+        let message = message.into();
+        let follows = self
+            .dropped
+            .iter()
+            .any(|dropped| follows_from(dropped, key, &message));
+        if !follows {
+            self.errors.push(invalid(key, message));
+        }
     }
 
     fn required(&mut self, key: &str, value: Option<String>) -> Option<String> {

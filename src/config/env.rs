@@ -1,13 +1,17 @@
 //! `${VAR}` expansion: replaces environment references in every string value
 //! of the parsed TOML tree before it is deserialized, so any key may take its
-//! value from the environment. `$${` stands for a literal `${`.
+//! value from the environment. `$${` stands for a literal `${`. A value with
+//! a reference that cannot be expanded is reported and removed, so the rest
+//! of the file is still checked.
 //!
 //! It owns only the substitution syntax; which keys exist and what they mean
 //! is for `raw` and `check`.
 
 use super::{ConfigError, invalid};
 
-/// Replaces `${VAR}` in every string below `value`; `$${` stands for a literal `${`.
+/// Replaces `${VAR}` in every string below `value`; `$${` stands for a
+/// literal `${`. Each table entry (a string or an array) with a reference
+/// that fails is reported into `errors` and removed.
 pub(super) fn expand_env(
     value: &mut toml::Value,
     key: &str,
@@ -17,13 +21,23 @@ pub(super) fn expand_env(
     match value {
         toml::Value::String(text) => *text = expand_str(text, key, env, errors),
         toml::Value::Table(table) => {
+            let mut failed = Vec::new();
             for (name, child) in table.iter_mut() {
                 let child_key = if key.is_empty() {
                     name.clone()
                 } else {
                     format!("{key}.{name}")
                 };
+                let before = errors.len();
                 expand_env(child, &child_key, env, errors);
+                if errors.len() > before && !child.is_table() {
+                    failed.push(name.clone());
+                }
+            }
+            // A value that could not be expanded is left out, as if absent,
+            // so the other keys are still checked (the error names it).
+            for name in failed {
+                table.remove(&name);
             }
         }
         toml::Value::Array(items) => {

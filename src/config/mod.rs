@@ -6,11 +6,14 @@
 //!    every string value are replaced from the environment (`env`), and the
 //!    tree is deserialized into private `Raw*` structs that mirror the file
 //!    (`raw`; `deny_unknown_fields`, so a typo'd key is an error naming it;
-//!    `serde_path_to_error`, so a wrong type names its key path).
+//!    `serde_path_to_error`, so a wrong type names its key path). `shape`
+//!    drops each such key after reporting it and deserializes again, so one
+//!    bad key hides nothing else.
 //! 2. **Checked**: defaults are applied and every rule is checked (`check`),
 //!    collecting *all* problems into [`ConfigErrors`] instead of stopping at
-//!    the first. The result carries typed durations, resolved paths and socket
-//!    addresses.
+//!    the first; a rule broken only because a key was already reported (and
+//!    dropped) is not reported again. The result carries typed durations,
+//!    resolved paths and socket addresses.
 //!
 //! Relative paths resolve against the config file's directory, not the current
 //! directory, so a config means the same thing wherever the worker starts.
@@ -24,6 +27,7 @@ mod check;
 mod env;
 mod listeners;
 mod raw;
+mod shape;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +40,6 @@ use std::time::Duration;
 
 pub use check::{DEFAULT_INVENTORY_PLUGINS, DEFAULT_MAX_REQUEST_SIZE};
 use env::expand_env;
-use raw::RawConfig;
 
 /// The annotated example config (`ansible-worker print-config` prints it).
 pub const EXAMPLE_CONFIG: &str = include_str!("../../config.example.toml");
@@ -126,7 +129,8 @@ pub struct MqttConfig {
 /// TLS for the broker connection.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
-    /// PEM file of the CA(s) to trust; `None` means the system roots.
+    /// PEM file of the CA(s) to trust; `None` means the platform's trust
+    /// store (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set).
     pub ca_cert: Option<PathBuf>,
     /// Client certificate and key PEM files, for mutual TLS.
     pub client_auth: Option<(PathBuf, PathBuf)>,
@@ -268,6 +272,19 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The dotted key (or, for an unreadable file or bad syntax, the empty
+    /// string) the problem is about.
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => "",
+            ConfigError::MissingEnv { key, .. }
+            | ConfigError::Shape { key, .. }
+            | ConfigError::Invalid { key, .. } => key,
+        }
+    }
+}
+
 /// Every problem found in a config, listed one per line by `Display`.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -319,18 +336,10 @@ impl Config {
         let mut value = toml::Value::Table(table);
         let mut errors = Vec::new();
         expand_env(&mut value, "", env, &mut errors);
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+        match shape::deserialize(value, &mut errors) {
+            Some(raw) => raw.check(base_dir, errors),
+            None => Err(ConfigErrors(errors)),
         }
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e
-                .inner()
-                .message()
-                .replacen("unknown field", "unknown key", 1);
-            ConfigError::Shape { key, message }
-        })?;
-        raw.check(base_dir)
     }
 }
 

@@ -132,9 +132,83 @@ fn unknown_key_error_names_it() {
     let text = format!("{MINIMAL}concurency = 3\n");
     let errors = messages(load(&text, dir.path()));
     assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0],
+        "worker.concurency: unknown key (did you mean `concurrency`?)"
+    );
+    // Nothing close: the known keys are listed.
+    let errors = messages(load(
+        "[http]
+colour = 1
+",
+        dir.path(),
+    ));
     assert!(
-        errors[0].starts_with("worker.concurency: unknown key `concurency`"),
+        errors[0].starts_with("http.colour: unknown key, expected one of enabled, listen,"),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn wrong_types_unknown_keys_and_broken_rules_are_listed_together() {
+    // The example of the issue: one wrong type used to hide the rest.
+    let dir = base();
+    let text = "[worker]
+group_name = \"g\"\nworker_id = \"w\"\nconcurrency = \"two\"\n\
+                max_queue_sise = 5\nplaybook_directory = \"missing\"\n";
+    let missing = dir.path().join("missing");
+    assert_eq!(
+        messages(load(text, dir.path())),
+        [
+            "worker.concurrency: invalid type: string \"two\", expected usize".to_owned(),
+            "worker.max_queue_sise: unknown key (did you mean `max_queue_size`?)".to_owned(),
+            format!(
+                "worker.playbook_directory: {} does not exist",
+                missing.display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn every_wrong_type_and_unknown_key_is_listed_across_sections() {
+    let dir = base();
+    let text = format!(
+        "{MINIMAL}history_limit = -1\ninventory_plugins = [\"ini\", 3]\n\
+         [mqtt]\nport = \"x\"\nusername = \"${{NO_USER}}\"\n[broker]\nlisen = \"x\"\n\
+         [broker.users]\nalice = 7\n[htp]\nenabled = true\n"
+    );
+    assert_eq!(
+        messages(load(&text, dir.path())),
+        [
+            "mqtt.username: environment variable NO_USER is not set",
+            "broker.lisen: unknown key (did you mean `listen`?)",
+            "broker.users.alice: invalid type: integer `7`, expected a string",
+            "htp: unknown key (did you mean `http`?)",
+            "mqtt.port: invalid type: string \"x\", expected u16",
+            "worker.history_limit: invalid value: integer `-1`, expected usize",
+            "worker.inventory_plugins[1]: invalid type: integer `3`, expected a string",
+        ]
+    );
+}
+
+#[test]
+fn a_rule_broken_only_by_a_dropped_key_is_not_reported_again() {
+    let dir = base();
+    // Dropped, `tls_enabled` would read as false and refuse the CA file;
+    // a dropped `[worker]` would make both its required keys missing.
+    let text = "[worker]\ngroup_name = 5\nplaybook_directory = \"playbooks\"\nworker_id = \"w\"\n\
+                [mqtt]\ntls_enabled = \"yes\"\ntls_ca_cert = \"ca.pem\"\n";
+    assert_eq!(
+        messages(load(text, dir.path())),
+        [
+            "mqtt.tls_enabled: invalid type: string \"yes\", expected a boolean",
+            "worker.group_name: invalid type: integer `5`, expected a string",
+        ]
+    );
+    assert_eq!(
+        messages(load("worker = 3\n", dir.path())),
+        ["worker: invalid type: integer `3`, expected a table"]
     );
 }
 

@@ -1,5 +1,5 @@
 //! The worker's MQTT side: one client connection (`client`) and its options
-//! (`options`), the status
+//! (`options`, with the TLS settings in `tls`), the status
 //! publisher fed by the task table's change stream (`publisher`), the
 //! presence document and will (`presence`), what the broker granted and
 //! when to reconnect (`link`), and the topic names of PROTOCOL.md
@@ -10,6 +10,7 @@ pub mod link;
 pub mod options;
 pub mod presence;
 pub mod publisher;
+pub mod tls;
 pub mod topics;
 pub mod window;
 

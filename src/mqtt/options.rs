@@ -5,9 +5,10 @@
 //! connection).
 
 use rumqttc::v5::{AsyncClient, EventLoop, MqttOptions};
-use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
+use rumqttc::{NetworkOptions, Transport};
 
-use crate::config::{Config, TlsConfig};
+use super::tls::tls_configuration;
+use crate::config::Config;
 
 /// How many times `worker.max_request_size` the client accepts in one packet:
 /// a request somewhat over the limit must still arrive to be refused with a
@@ -25,8 +26,6 @@ const REQUEST_CAPACITY: usize = 1024;
 /// 14 MiB resident); the publisher keeps at most `PUBLISH_WINDOW` statuses in
 /// flight, and presence needs one more.
 const OUTGOING_INFLIGHT: u16 = 64;
-/// Where the system's CA bundle lives on Debian-like systems.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Errors building the client from the config.
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +34,30 @@ pub enum ClientError {
     #[error("cannot start the MQTT connection thread: {0}")]
     Thread(std::io::Error),
     /// A TLS file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     TlsFile {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// A TLS file holds no usable certificate or key.
+    #[error("{path}: {reason}")]
+    TlsPem {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The client certificate and key cannot be used together.
+    #[error("mqtt.tls_client_cert and mqtt.tls_client_key: {0}")]
+    ClientCertificate(String),
+    /// Without `mqtt.tls_ca_cert`, the platform's trust store is empty.
+    #[error(
+        "no trusted CA certificates for TLS: set mqtt.tls_ca_cert, or SSL_CERT_FILE \
+         or SSL_CERT_DIR to the platform's bundle ({0})"
+    )]
+    NoTrustedCertificates(String),
 }
 
 /// MQTT options of the worker's own connection: [`mqtt_options`] plus manual
@@ -107,28 +123,6 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
         options.set_transport(Transport::tls_with_config(tls_configuration(tls)?));
     }
     Ok(options)
-}
-
-fn tls_configuration(tls: &TlsConfig) -> Result<TlsConfiguration, ClientError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| ClientError::TlsFile {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let ca = match &tls.ca_cert {
-        Some(path) => read(path)?,
-        None => read(std::path::Path::new(SYSTEM_CA_BUNDLE))?,
-    };
-    let client_auth = match &tls.client_auth {
-        Some((cert, key)) => Some((read(cert)?, read(key)?)),
-        None => None,
-    };
-    Ok(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    })
 }
 
 /// A connected client handle and its event loop.

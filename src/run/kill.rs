@@ -203,9 +203,10 @@ impl RunProcesses {
     }
 }
 
-/// SIGKILLs every process left by runs of an earlier worker process that
-/// used `runtime_dir` (each run's marker is a directory inside it), until none
-/// is left or a few seconds passed; returns how many were found.
+/// SIGKILLs every process of the runs that use `runtime_dir` (each run's
+/// marker is a directory inside it), until none is left or a few seconds
+/// passed; returns how many were found. At start these are left by an
+/// earlier worker process; at an immediate exit, the worker's own.
 pub async fn kill_leftovers(runtime_dir: &std::path::Path) -> usize {
     let prefix = format!("{RUN_MARKER_ENV}={}/", runtime_dir.display());
     let leftovers = || {

@@ -408,6 +408,24 @@ mod tests {
     }
 
     #[test]
+    fn ansible_playbooks_short_options_mean_the_same_as_the_long_ones() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let long = args(&[
+            "p.yml", "-i", "h,", "--tags", "a,b", "--check", "--diff", "--forks", "7",
+        ]);
+        let short = args(&["p.yml", "-i", "h,", "-t", "a,b", "-CD", "-f", "7"]);
+        let long = build(&long, "t", dir.path()).unwrap().request;
+        assert_eq!(build(&short, "t", dir.path()).unwrap().request, long);
+        assert_eq!(
+            long,
+            json!({
+                "task_id": "t", "playbook": "p.yml", "inventory": "h,",
+                "tags": ["a", "b"], "check_mode": true, "diff_mode": true, "forks": 7
+            })
+        );
+    }
+
+    #[test]
     fn too_much_verbosity_is_a_usage_error() {
         let dir = tempfile::TempDir::new().unwrap();
         let error = build(&args(&["p.yml", "-i", "h,", "-vvvvv"]), "t1", dir.path()).unwrap_err();
