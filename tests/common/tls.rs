@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl <args>` in `dir`; panics unless it succeeds.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
