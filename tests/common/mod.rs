@@ -6,6 +6,8 @@
 //! - `ejabberd`: ejabberd's MQTT broker (no shared subscriptions) on one;
 //! - `worker`: the `ansible-worker` binary with a generated or given config;
 //! - `observer`: an MQTT client that records every status document;
+//! - `recorder`: an MQTT client that records every message on one filter
+//!   (events, retained messages);
 //! - `procs`: processes found and killed through `/proc`;
 //! - `ansible`: the test venv's `ansible-playbook` and the test playbooks;
 //! - `ledger`: a file `ledger.yml` appends to, counting real runs;
@@ -28,6 +30,7 @@ mod observer;
 mod procs;
 mod prometheus;
 mod raw_mqtt;
+mod recorder;
 mod sse;
 mod tmpfs;
 mod worker;
@@ -41,7 +44,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, ejabberd::*, http::*, ledger::*, mosquitto::*, observer::*, procs::*,
-    prometheus::*, raw_mqtt::*, sse::*, tmpfs::*, worker::*,
+    prometheus::*, raw_mqtt::*, recorder::*, sse::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
