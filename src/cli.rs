@@ -110,7 +110,8 @@ pub enum Command {
     /// Print the annotated example configuration.
     PrintConfig,
     /// Publish a task request to the configured broker and group; with
-    /// --wait, follow its status to the end.
+    /// --wait, follow its status to the end; with --follow, print its live
+    /// events (Ansible's output, task starts, results) as well.
     #[command(after_help = SUBMIT_EXIT_CODES)]
     Submit(SubmitArgs),
     /// Ask the workers of the group to cancel a queued or running task.
@@ -223,6 +224,14 @@ pub struct SubmitArgs {
     /// Print only the final status document (as received) on stdout; implies --wait.
     #[arg(long)]
     pub json: bool,
+    /// Follow the task and print its live events (the events topic) as they
+    /// arrive: Ansible's output lines as they are, `TASK [name]` at each
+    /// task start, `host: status` for each result; status lines only when
+    /// the state changes; then the final status as with --wait. Implies
+    /// --wait. Lost events (QoS 0; a busy worker drops them) are noted on
+    /// stderr.
+    #[arg(long, conflicts_with = "json")]
+    pub follow: bool,
     /// Give up (exit 2) if no final status arrives this many seconds after
     /// the request was accepted; implies --wait. Default: wait forever.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -232,7 +241,7 @@ pub struct SubmitArgs {
 impl SubmitArgs {
     /// True when the command follows the task to its final state.
     pub fn follows(&self) -> bool {
-        self.wait || self.json || self.wait_timeout.is_some()
+        self.wait || self.json || self.follow || self.wait_timeout.is_some()
     }
 }
 

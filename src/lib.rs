@@ -11,7 +11,8 @@
 //! - [`pool`]: `worker.concurrency` permits; queued tasks → runs.
 //! - [`mod@run`]: [`run::PlaybookRunner`], one `ansible-playbook` process each,
 //!   observed through a callback plugin; timeouts and cancel kill the tree.
-//! - [`mqtt`]: the broker connection, the status publisher and presence.
+//! - [`mqtt`]: the broker connection, the status publisher, the run events
+//!   topic and presence.
 //! - [`broker`]: the optional embedded MQTT broker (rumqttd).
 //! - [`http`]: dashboard, JSON API, live events, health and metrics.
 //! - [`submit`]: controller-side commands (`submit`, `cancel`) that talk to a
@@ -174,6 +175,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         table.clone(),
         runner,
         worker.concurrency,
+        mqtt.event_sink(),
         stop_pool.clone(),
         runs.clone(),
     ));

@@ -2,7 +2,8 @@
 //!
 //! The task table records finals, refusals and run durations; the MQTT client
 //! records reconnects and ignored Response Topics; the embedded broker's front
-//! door records the clients and publishes it refused. Queue and running gauges are read from the table when
+//! door records the clients and publishes it refused; the events publisher
+//! records the run events it dropped. Queue and running gauges are read from the table when
 //! rendering, so nothing here keeps a second copy of task state.
 //!
 //! Counters are independent atomics; the run duration histogram is one value
@@ -104,6 +105,7 @@ pub struct Metrics {
     reconnects: AtomicU64,
     response_topics_ignored: AtomicU64,
     broker_refusals: [AtomicU64; 5],
+    events_dropped: AtomicU64,
     run_durations: Mutex<RunDurations>,
 }
 
@@ -167,6 +169,12 @@ impl Metrics {
         if let Some(i) = BrokerRefusal::ALL.iter().position(|w| *w == why) {
             self.broker_refusals[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a run event not published on the events topic (not connected,
+    /// or the client's queue had no room for it).
+    pub fn event_dropped(&self) {
+        self.events_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition, with the current queue gauges.
@@ -264,6 +272,17 @@ impl Metrics {
         }
         header(
             &mut out,
+            "ansible_worker_events_dropped_total",
+            "counter",
+            "Run events not published on the events topic (not connected, or no room in the MQTT client's queue).",
+        );
+        let _ = writeln!(
+            out,
+            "ansible_worker_events_dropped_total {}",
+            load(&self.events_dropped)
+        );
+        header(
+            &mut out,
             "ansible_worker_run_duration_seconds",
             "histogram",
             "Length of ansible-playbook runs.",
@@ -318,7 +337,9 @@ mod tests {
         metrics.reconnected();
         metrics.response_topic_ignored();
         metrics.broker_refused(BrokerRefusal::WorkerTopic);
+        metrics.event_dropped();
         let text = metrics.render(3, 1);
+        assert_eq!(value(&text, "ansible_worker_events_dropped_total"), 1.0);
         assert_eq!(
             value(
                 &text,

@@ -1,7 +1,12 @@
 //! Wire types of PROTOCOL.md: the checked task request (`TaskSpec`), the task
 //! state machine (`TaskState`), the recap counters, the published status
 //! document (`TaskStatus`) and where a status goes besides its status topic
-//! (`Delivery`, `ReplyRoute`). Pure data and serde; no I/O happens here.
+//! (`Delivery`, `ReplyRoute`), and a run's live events (`event`). Pure data
+//! and serde; no I/O happens here.
+
+mod event;
+
+pub use event::{EventSink, ResultStatus, RunEvent, event_payload};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,21 +4,39 @@
 //! is free, runs them with the [`PlaybookRunner`], and reports state back to
 //! the table. Dropping a run's permit frees its slot. It does not decide
 //! anything about task state itself.
+//!
+//! A run's task starts, results and output lines also go, numbered from 1
+//! per run, to an [`EventSink`] (the MQTT events topic), which never blocks
+//! the run.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::Counters;
+use crate::model::{Counters, EventSink, RunEvent};
 use crate::run::{PlaybookRunner, RunEvents};
-use crate::table::TaskTable;
+use crate::table::{self, TaskTable};
 
-/// Reports a run's progress and output into the table.
+/// Reports a run's progress and output into the table, and its events to
+/// the sink.
 struct TableEvents {
     table: TaskTable,
     task_id: String,
+    sink: Arc<dyn EventSink>,
+    /// The last event number given. Held while the event is handed to the
+    /// sink, so that numbers reach it in order from the run's two readers
+    /// (callback events and output lines).
+    seq: Mutex<u64>,
+}
+
+impl TableEvents {
+    fn publish(&self, event: impl FnOnce() -> RunEvent) {
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
+        self.sink.send(&self.task_id, *seq, &event());
+    }
 }
 
 impl RunEvents for TableEvents {
@@ -28,16 +46,26 @@ impl RunEvents for TableEvents {
 
     fn output(&self, line: &str) {
         tracing::debug!(target: "ansible", task_id = %self.task_id, "{line}");
+        let line = table::log_line(line);
         self.table.append_log(&self.task_id, line);
+        self.publish(|| RunEvent::Line {
+            text: line.to_owned(),
+        });
+    }
+
+    fn event(&self, event: RunEvent) {
+        self.publish(|| event);
     }
 }
 
 /// Dispatches queued tasks until `stop` is cancelled; runs are spawned on
-/// `runs`, which the caller waits on to drain them.
+/// `runs`, which the caller waits on to drain them. Each run's events go to
+/// `sink`.
 pub async fn dispatch(
     table: TaskTable,
     runner: Arc<PlaybookRunner>,
     concurrency: usize,
+    sink: Arc<dyn EventSink>,
     stop: CancellationToken,
     runs: TaskTracker,
 ) {
@@ -57,12 +85,15 @@ pub async fn dispatch(
         };
         let table = table.clone();
         let runner = runner.clone();
+        let sink = sink.clone();
         runs.spawn(async move {
             let id = spec.task_id.clone();
             tracing::info!(task_id = %id, playbook = %spec.playbook.display(), "run started");
             let events = Arc::new(TableEvents {
                 table: table.clone(),
                 task_id: id.clone(),
+                sink,
+                seq: Mutex::new(0),
             });
             let outcome = runner.execute(&spec, cancel, events).await;
             tracing::info!(task_id = %id, state = outcome.state.as_str(),

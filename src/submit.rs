@@ -10,7 +10,10 @@
 //! - `submit` builds the request (`request`), subscribes to the task's status
 //!   first when it follows the task, publishes the request at QoS 2 and waits
 //!   for the broker's PUBCOMP; then it prints the task id, or follows the
-//!   status (`progress`) to the final state.
+//!   status (`progress`) to the final state. With `--follow` it subscribes
+//!   to all of the task's topics as one filter (`P/G/tasks/<id>/#`, so the
+//!   broker keeps events and statuses in publishing order) and prints the
+//!   events as well (`events`).
 //! - `cancel` publishes `{"reason": ...}` at QoS 1 to the task's cancel topic
 //!   and waits for the PUBACK.
 //!
@@ -25,8 +28,10 @@
 //! Layout: this file holds the entry points, the error type and the exit
 //! codes; `request` turns the command line into the request document (pure);
 //! `session` drives the MQTT connection (acks, reconnects, resubscribing);
-//! `progress` reads status documents and formats what the user sees.
+//! `progress` reads status documents and formats what the user sees;
+//! `events` does the same for the events topic.
 
+mod events;
 mod progress;
 mod request;
 mod session;
@@ -42,7 +47,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::model::TaskState;
 use crate::mqtt::options::ClientError;
 use crate::mqtt::topics::Topics;
-use progress::Follower;
+use progress::{Follower, Show, TaskTopics};
 use session::Session;
 
 /// Exit code: the task ended `success`, or the request or cancel was accepted.
@@ -178,10 +183,22 @@ pub async fn submit(config_path: &Path, args: &SubmitArgs) -> Result<Outcome, Su
         task_id: task_id.clone(),
         topic: topics.tasks(),
         payload: serde_json::to_vec(&built.request).expect("a JSON value serializes"),
-        status_filter: args.follows().then(|| topics.status_filter(&task_id)),
+        filter: args.follows().then(|| match args.follow {
+            true => topics.task_filter(&task_id),
+            false => topics.status_filter(&task_id),
+        }),
         wait_timeout: args.wait_timeout.map(Duration::from_secs),
     };
-    let mut follower = Follower::new(&task_id, args.json, std::io::stdout());
+    let show = match (args.json, args.follow) {
+        (true, _) => Show::Json,
+        (false, true) => Show::Events,
+        (false, false) => Show::Changes,
+    };
+    let task_topics = TaskTopics {
+        status: topics.status(&task_id),
+        events: topics.events(&task_id),
+    };
+    let mut follower = Follower::new(&task_id, task_topics, show, std::io::stdout());
     let mut session = Session::open(&config, "submit")?;
     let result = session.submit(&request, &mut follower).await;
     session.close().await;

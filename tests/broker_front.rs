@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The example config's worker id and group.
 const WORKER_ID: &str = "lab-1";
@@ -262,7 +262,8 @@ async fn an_oversized_publish_is_refused_and_the_connection_kept() {
 
 /// With `[broker.users]` and `[broker.roles]`: an observer may subscribe but
 /// not publish requests, a controller may; a wrong login gets CONNACK 0x86
-/// (MQTT 5) or "bad user name or password" (3.1.1) and is logged.
+/// (MQTT 5) or "bad user name or password" (3.1.1) and is logged. An
+/// observer follows a task's events topic too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observers_cannot_publish_and_wrong_logins_are_refused() {
     let appliance = Appliance::start(&[("MQTT_PASSWORD", "lab-secret")], |dir, ports| {
@@ -289,10 +290,26 @@ async fn observers_cannot_publish_and_wrong_logins_are_refused() {
     .await;
     assert_eq!(raw.read().await.unwrap(), [0x40, 3, 0, 1, 0x87]);
 
+    let events = "ansible/lab/tasks/by-ops/events";
+    let watched = Recorder::start_with(port, events, Some(("watcher", "look"))).await;
     let ops = Observer::start_with(port, "lab", Some(("ops", "run"))).await;
     ops.submit(json!({"task_id": "by-ops", "playbook": "hello.yml", "inventory": "inventory.yml"}))
         .await;
     assert_eq!(ops.wait_final("by-ops", DEADLINE).await["state"], "success");
+    let recap = |docs: Vec<Value>| {
+        docs.iter().any(|doc| {
+            doc["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("PLAY RECAP"))
+        })
+    };
+    assert!(wait_for(DEADLINE, || recap(watched.docs_on(events))).await);
+    let seqs: Vec<u64> = watched
+        .docs_on(events)
+        .iter()
+        .map(|doc| doc["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     // The watcher saw the controller's task, and its own never existed.
     assert!(
         wait_for(DEADLINE, || watcher

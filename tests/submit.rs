@@ -175,6 +175,68 @@ async fn submit_wait_sends_local_paths_relative_and_prints_progress_and_output()
     assert_eq!(done["state"], "success", "{done}");
 }
 
+/// `--follow` prints the task's events as they arrive (Ansible's lines as
+/// they are, task starts and results in short), a status line per state,
+/// then the final status; an extra var the playbook does not print stays
+/// out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_follow_prints_the_events_then_the_final_status() {
+    let s = setup("sub-follow").await;
+    let secret = "tok-follow-5d1e";
+    let token = format!("api_token={secret}");
+    let ended = s
+        .cli
+        .run(
+            &[
+                "submit",
+                "events.yml",
+                "-i",
+                "hosts.yml",
+                "-e",
+                &token,
+                "--task-id",
+                "follow-1",
+                "--follow",
+            ],
+            DEADLINE,
+        )
+        .await;
+    assert_eq!(ended.code, 0, "{ended:?}");
+    let lines: Vec<&str> = ended.stdout.lines().collect();
+    assert_eq!(lines[0], "follow-1", "{ended:?}");
+    let at = |what: &str, found: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .position(|l| found(l))
+            .unwrap_or_else(|| panic!("no {what} in {ended:?}"))
+    };
+    let running = at("running line", &|l| l.contains(" running  total="));
+    let start = at("task start", &|l| l.ends_with(" TASK [Say hello]"));
+    let ansible_start = at("Ansible's task line", &|l| {
+        l.starts_with("TASK [Say hello] *")
+    });
+    let changed = at("changed result", &|l| l.ends_with(" h1: changed"));
+    let ignored = at("ignored failure", &|l| l.ends_with(" h1: failed (ignored)"));
+    let handler = at("handler start", &|l| {
+        l.ends_with(" RUNNING HANDLER [Report change]")
+    });
+    let recap = at("recap", &|l| l.starts_with("PLAY RECAP *"));
+    let success = at("final line", &|l| l.contains(" success  total=8 "));
+    assert!(
+        running < start && start < changed && changed < ignored,
+        "{ended:?}"
+    );
+    assert!(running < ansible_start && ignored < handler, "{ended:?}");
+    assert!(handler < success && recap < success, "{ended:?}");
+    // The final line ends the output (no set_stats data, no error), and
+    // counters alone print no status line while events show the progress.
+    assert_eq!(success, lines.len() - 1, "{ended:?}");
+    let status_lines = lines.iter().filter(|l| l.contains(" total=")).count();
+    assert_eq!(status_lines, 3, "queued, running, success: {ended:?}");
+    assert!(!ended.stdout.contains(secret), "{ended:?}");
+    assert!(!ended.stderr.contains("lost"), "{ended:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_wait_of_a_failing_playbook_exits_1_with_the_error_message() {
     let s = setup("sub-fail").await;

@@ -33,6 +33,7 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, StateError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::events::EventWindow;
 use super::link::{Backoff, Granted, HELD, Sharing, Subscription, shared_available};
 use super::topics::Topics;
 use super::window::PublishWindow;
@@ -65,6 +66,8 @@ pub struct Inbound {
     pub acks: mpsc::UnboundedSender<PendingAck>,
     /// Room for the status publisher's publishes.
     pub window: PublishWindow,
+    /// Room for run events in the client's queue.
+    pub events_window: EventWindow,
 }
 
 /// A received QoS 1/2 message whose acknowledgement waits for `recorded`.
@@ -131,6 +134,7 @@ pub async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 inbound.window.reset();
+                inbound.events_window.reset();
                 generation += 1;
                 if generation > 1 {
                     inbound.table.metrics().reconnected();
@@ -175,6 +179,8 @@ pub async fn drive(
                     });
                 }
             }
+            // Packet id 0: a QoS 0 publish, which only events are.
+            Ok(Event::Outgoing(Outgoing::Publish(0))) => inbound.events_window.sent(),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 link.send_replace(LinkState {
                     up: false,

@@ -1,11 +1,13 @@
 //! The worker's MQTT side: one client connection (`client`) and its options
 //! (`options`, with the TLS settings in `tls`), the status
-//! publisher fed by the task table's change stream (`publisher`), the
+//! publisher fed by the task table's change stream (`publisher`), the run
+//! events publisher (`events`), the
 //! presence document and will (`presence`), what the broker granted and
 //! when to reconnect (`link`), and the topic names of PROTOCOL.md
 //! (`topics`). [`MqttSide`] wires them together for `run`.
 
 pub mod client;
+pub mod events;
 pub mod link;
 pub mod options;
 pub mod presence;
@@ -14,6 +16,7 @@ pub mod tls;
 pub mod topics;
 pub mod window;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::AsyncClient;
@@ -23,19 +26,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::intake::IntakePolicy;
+use crate::model::EventSink;
 use crate::table::TaskTable;
 use client::{Inbound, LinkState};
+use events::{EventPublisher, EventWindow};
 use options::ClientError;
 use presence::Presence;
 use publisher::PublisherSettings;
 use topics::Topics;
 use window::PublishWindow;
 
-/// The running MQTT tasks of one worker: connection, status publisher and
-/// presence.
+/// The running MQTT tasks of one worker: connection, status publisher,
+/// events publisher and presence.
 pub struct MqttSide {
     client: AsyncClient,
     topics: Topics,
+    events: Arc<EventPublisher>,
     link_state: watch::Receiver<LinkState>,
     /// Resolves when the connection's thread ended.
     link: oneshot::Receiver<()>,
@@ -90,12 +96,22 @@ impl MqttSide {
             link_rx.clone(),
             stop_presence.clone(),
         ));
+        let events_window = EventWindow::default();
+        let events = Arc::new(EventPublisher::new(
+            client.clone(),
+            topics.clone(),
+            &worker.worker_id,
+            link_rx.clone(),
+            events_window.clone(),
+            table.metrics(),
+        ));
         let inbound = Inbound {
             table: table.clone(),
             policy,
             topics: topics.clone(),
             acks,
             window,
+            events_window,
         };
         let abort_link = CancellationToken::new();
         let drive = client::drive(
@@ -113,6 +129,7 @@ impl MqttSide {
         Ok(MqttSide {
             client,
             topics,
+            events,
             link_state: link_rx,
             link,
             abort_link,
@@ -130,6 +147,11 @@ impl MqttSide {
     /// A handle for publishing (the HTTP API forwards requests with it).
     pub fn client(&self) -> AsyncClient {
         self.client.clone()
+    }
+
+    /// Where runs send their events: the events topic.
+    pub fn event_sink(&self) -> Arc<dyn EventSink> {
+        self.events.clone()
     }
 
     /// The connection state, as it changes.

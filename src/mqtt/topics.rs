@@ -157,6 +157,19 @@ impl Topics {
         }
     }
 
+    /// `P/G/tasks/<id>/events`: the live events of a task's run (never
+    /// suffixed with the worker id).
+    pub fn events(&self, task_id: &str) -> String {
+        format!("{}/{task_id}/events", self.tasks())
+    }
+
+    /// `P/G/tasks/<id>/#`: every topic of one task (status, events, cancel),
+    /// as one filter, so that a broker delivers them in the order they were
+    /// published (rumqttd keeps no order across filters).
+    pub fn task_filter(&self, task_id: &str) -> String {
+        format!("{}/{task_id}/#", self.tasks())
+    }
+
     /// True for a topic only the worker itself publishes to: a task's
     /// status and events (`P/G/tasks/<id>/status[/...]`,
     /// `P/G/tasks/<id>/events[/...]`) and presence (`P/G/workers[/...]`).
@@ -272,5 +285,8 @@ mod tests {
         let topics = Topics::new("p", "g", "w1", false, true);
         assert_eq!(topics.tasks_filter(), "p/g/tasks");
         assert_eq!(topics.status("t1"), "p/g/tasks/t1/status/w1");
+        assert_eq!(topics.events("t1"), "p/g/tasks/t1/events");
+        assert!(topics.worker_only(&topics.events("t1")));
+        assert_eq!(topics.task_filter("t1"), "p/g/tasks/t1/#");
     }
 }

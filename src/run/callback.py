@@ -5,7 +5,7 @@
 # ANSIBLE_WORKER_EVENTS at a FIFO it already holds open for reading. Each event
 # is one JSON object on one line, written with a single os.write call:
 #
-#   {"kind": "task_start", "name": str, "handler": bool}
+#   {"kind": "task_start", "name": str, "play": str|null, "handler": bool}
 #   {"kind": "result", "status": "ok"|"failed"|"skipped"|"unreachable",
 #    "host": str, "task": str, "changed": bool, "ignored": bool,
 #    "rescuable": bool, "msg": str|null}
@@ -255,9 +255,15 @@ class CallbackModule(CallbackBase):
                     self._tasks_started.add(uuid)
                     self._handlers_started.clear()
             name = task.get_name().strip()
-            _emit({"kind": "task_start", "name": name, "handler": bool(handler)})
+            _emit({"kind": "task_start", "name": name, "play": self._play_name(), "handler": bool(handler)})
         except Exception:
             pass
+
+    def _play_name(self):
+        try:
+            return self._play.get_name().strip() if self._play is not None else None
+        except Exception:
+            return None
 
     def v2_playbook_on_play_start(self, play):
         self._tasks_started.clear()

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Counters, TaskSpec, TaskState};
+use crate::model::{Counters, RunEvent, TaskSpec, TaskState};
 use crate::table::RunOutcome;
 pub use command_line::{playbook_args, resolve_program};
 use command_line::{prepend_env, prepend_list_env};
@@ -63,12 +63,16 @@ pub struct RunSettings {
     pub inventory_plugins: Vec<String>,
 }
 
-/// What a run reports while it goes: coalesced counters and output lines.
+/// What a run reports while it goes: coalesced counters, output lines, and
+/// each task start and result. Called from the run's own tasks: an
+/// implementation must not block.
 pub trait RunEvents: Send + Sync {
     /// New live counters (at most every `PROGRESS_INTERVAL`).
     fn progress(&self, counters: Counters);
     /// One line of Ansible's human output.
     fn output(&self, line: &str);
+    /// A task started or a host's result arrived (no result data).
+    fn event(&self, event: RunEvent);
 }
 
 /// Runs playbooks with shared settings; serialises `git pull`.
@@ -342,7 +346,7 @@ async fn follow(
                 // Waiting failed: treat it like a cancel so the tree is killed.
                 Err(_) => Ending::Cancelled(None),
             },
-            read = fifo.read_lines(|line| apply(report, line)) => {
+            read = fifo.read_lines(|line| apply(report, events, line)) => {
                 if let Err(e) = read {
                     tracing::warn!("cannot read the callback events: {e}");
                 }
@@ -360,13 +364,18 @@ async fn follow(
     };
     // Everything the main process wrote is in the FIFO by now (or it is
     // being killed, and what it did not write is lost anyway).
-    fifo.drain(|line| apply(report, line));
+    fifo.drain(|line| apply(report, events, line));
     ending
 }
 
-fn apply(report: &mut RunReport, line: &str) {
-    if let Err(e) = report.apply_line(line) {
-        tracing::debug!("ignoring callback line: {e}");
+fn apply(report: &mut RunReport, events: &dyn RunEvents, line: &str) {
+    match report.apply_line(line) {
+        Ok(applied) => {
+            if let Some(event) = applied.event {
+                events.event(event);
+            }
+        }
+        Err(e) => tracing::debug!("ignoring callback line: {e}"),
     }
 }
 

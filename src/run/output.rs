@@ -102,7 +102,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::model::Counters;
+    use crate::model::{Counters, RunEvent};
 
     #[derive(Default)]
     struct Lines(Mutex<Vec<String>>);
@@ -112,6 +112,7 @@ mod tests {
         fn output(&self, line: &str) {
             self.0.lock().unwrap().push(line.to_owned());
         }
+        fn event(&self, _: RunEvent) {}
     }
 
     /// Writes `MiB` mebibytes without a newline, then two short lines.

@@ -2,13 +2,16 @@
 //! may face an older worker that lacks the extension fields), prints one line
 //! per change of state or counters, and the final report (`output` as pretty
 //! JSON, `error_message`). With `--json` it prints only the final document,
-//! exactly as received.
+//! exactly as received. With `--follow` it also prints the task's events as
+//! they arrive (`events`), and a status line only when the state changes (the
+//! events show the progress; the final line has the counters).
 
 use std::collections::HashMap;
 use std::io::Write;
 
 use serde_json::{Map, Value};
 
+use super::events::EventView;
 use crate::model::TaskState;
 
 /// The counters a progress line shows, as `(label, status field)`.
@@ -94,41 +97,97 @@ pub(super) struct Final {
     pub status: Status,
 }
 
-/// Follows the status documents of one task and writes what the user sees.
+/// What a [`Follower`] prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Show {
+    /// A line per change of state or counters, then the final report.
+    Changes,
+    /// The task's events and a line per change of state, then the final
+    /// report.
+    Events,
+    /// Only the final document.
+    Json,
+}
+
+/// The topics of the followed task.
+pub(super) struct TaskTopics {
+    /// `P/G/tasks/<id>/status` (documents may come on `.../status/<worker>`).
+    pub status: String,
+    /// `P/G/tasks/<id>/events`.
+    pub events: String,
+}
+
+/// Follows the status documents (and events) of one task and writes what
+/// the user sees.
 pub(super) struct Follower<W: Write> {
     task_id: String,
-    json: bool,
+    topics: TaskTopics,
+    show: Show,
     out: W,
     announced: bool,
-    /// Last (state, counters) shown per status topic: with
+    /// Last (state, counters) seen per status topic: with
     /// `suffix_status_with_worker_id` each worker has its own topic.
     last: HashMap<String, (TaskState, [u64; 8])>,
+    events: EventView,
 }
 
 impl<W: Write> Follower<W> {
-    /// Follows `task_id`, writing to `out`; `json` keeps everything but the
-    /// final document off `out`.
-    pub fn new(task_id: &str, json: bool, out: W) -> Self {
+    /// Follows `task_id` on `topics`, writing `show` to `out`.
+    pub fn new(task_id: &str, topics: TaskTopics, show: Show, out: W) -> Self {
         Follower {
             task_id: task_id.to_owned(),
-            json,
+            topics,
+            show,
             out,
             announced: false,
             last: HashMap::new(),
+            events: EventView::default(),
         }
     }
 
     /// The broker took the request: the first line names the task.
     pub fn accepted(&mut self) {
-        if !self.announced && !self.json {
+        if !self.announced && self.show != Show::Json {
             self.announced = true;
             let _ = writeln!(self.out, "{}", self.task_id);
         }
     }
 
-    /// Handles one message on the status filter: prints a line if state or
-    /// counters changed; returns the final status once one arrives.
-    pub fn on_status(&mut self, topic: &str, payload: &[u8]) -> Option<Final> {
+    /// Handles one message of the followed task: an event is printed when
+    /// following events; a status prints a line if it changed what is shown,
+    /// and is returned once it is final. Anything else (a cancel) is
+    /// skipped.
+    pub fn on_message(&mut self, topic: &str, payload: &[u8]) -> Option<Final> {
+        if topic == self.topics.events {
+            if self.show == Show::Events {
+                self.on_event(payload);
+            }
+            return None;
+        }
+        let status = &self.topics.status;
+        let is_status = topic
+            .strip_prefix(status.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !is_status {
+            return None;
+        }
+        self.on_status(topic, payload)
+    }
+
+    fn on_event(&mut self, payload: &[u8]) {
+        let Some(shown) = self.events.show(payload) else {
+            return;
+        };
+        if let Some(gap) = shown.gap {
+            eprintln!("ansible-worker: {gap}");
+        }
+        if let Some(line) = shown.line {
+            self.accepted();
+            let _ = writeln!(self.out, "{line}");
+        }
+    }
+
+    fn on_status(&mut self, topic: &str, payload: &[u8]) -> Option<Final> {
         let status = match Status::parse(payload) {
             Ok(status) if status.task_id == self.task_id => status,
             Ok(_) => return None,
@@ -138,7 +197,13 @@ impl<W: Write> Follower<W> {
             }
         };
         let seen = (status.state, status.counters);
-        if self.last.insert(topic.to_owned(), seen) != Some(seen) && !self.json {
+        let before = self.last.insert(topic.to_owned(), seen);
+        let changed = match self.show {
+            Show::Json => false,
+            Show::Changes => before != Some(seen),
+            Show::Events => before.map(|(state, _)| state) != Some(status.state),
+        };
+        if changed {
             self.accepted();
             let time = chrono::Local::now().format("%H:%M:%S").to_string();
             let _ = writeln!(self.out, "{}", progress_line(&time, &status));
@@ -152,7 +217,7 @@ impl<W: Write> Follower<W> {
     /// Writes the end of the output for `last`: the report, or with `--json`
     /// the document itself.
     pub fn finish(&mut self, last: &Final) {
-        let text = if self.json {
+        let text = if self.show == Show::Json {
             format!("{}\n", last.raw.trim_end())
         } else {
             final_report(&last.status)
@@ -166,6 +231,17 @@ impl<W: Write> Follower<W> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const STATUS: &str = "ansible/lab/tasks/t1/status";
+    const EVENTS: &str = "ansible/lab/tasks/t1/events";
+
+    fn following(show: Show) -> Follower<Vec<u8>> {
+        let topics = TaskTopics {
+            status: STATUS.to_owned(),
+            events: EVENTS.to_owned(),
+        };
+        Follower::new("t1", topics, show, Vec::new())
+    }
 
     fn doc(state: &str, ok: u64) -> Vec<u8> {
         json!({
@@ -219,15 +295,15 @@ mod tests {
 
     #[test]
     fn prints_one_line_per_change_and_stops_at_the_final_state() {
-        let mut follower = Follower::new("t1", false, Vec::new());
-        let topic = "ansible/lab/tasks/t1/status";
-        assert!(follower.on_status(topic, &doc("queued", 0)).is_none());
+        let mut follower = following(Show::Changes);
+        let topic = STATUS;
+        assert!(follower.on_message(topic, &doc("queued", 0)).is_none());
         follower.accepted();
-        assert!(follower.on_status(topic, &doc("running", 1)).is_none());
-        assert!(follower.on_status(topic, &doc("running", 1)).is_none());
+        assert!(follower.on_message(topic, &doc("running", 1)).is_none());
+        assert!(follower.on_message(topic, &doc("running", 1)).is_none());
         let other = br#"{"task_id": "t2", "state": "success"}"#;
-        assert!(follower.on_status(topic, other).is_none());
-        let last = follower.on_status(topic, &doc("success", 2)).unwrap();
+        assert!(follower.on_message(topic, other).is_none());
+        let last = follower.on_message(topic, &doc("success", 2)).unwrap();
         assert_eq!(last.status.state, TaskState::Success);
         follower.finish(&last);
         let text = String::from_utf8(follower.out).unwrap();
@@ -243,13 +319,51 @@ mod tests {
 
     #[test]
     fn json_mode_prints_only_the_final_document_as_received() {
-        let mut follower = Follower::new("t1", true, Vec::new());
+        let mut follower = following(Show::Json);
         follower.accepted();
-        assert!(follower.on_status("s", &doc("running", 1)).is_none());
+        assert!(follower.on_message(STATUS, &doc("running", 1)).is_none());
         let raw = doc("cancelled", 1);
-        let last = follower.on_status("s", &raw).unwrap();
+        let last = follower.on_message(STATUS, &raw).unwrap();
         follower.finish(&last);
         let text = String::from_utf8(follower.out).unwrap();
         assert_eq!(text, format!("{}\n", String::from_utf8(raw).unwrap()));
+    }
+
+    #[test]
+    fn following_events_prints_them_and_only_state_changes() {
+        let event = |seq: u64, text: &str| {
+            json!({"seq": seq, "ts": "2026-01-21T10:30:05.042Z", "kind": "line", "text": text})
+                .to_string()
+                .into_bytes()
+        };
+        let mut follower = following(Show::Events);
+        follower.accepted();
+        assert!(follower.on_message(STATUS, &doc("running", 0)).is_none());
+        assert!(follower.on_message(EVENTS, &event(1, "PLAY [x]")).is_none());
+        assert!(follower.on_message(STATUS, &doc("running", 1)).is_none());
+        assert!(follower.on_message(EVENTS, &event(2, "ok: [h1]")).is_none());
+        // A cancel on the same filter is no status.
+        let cancel = "ansible/lab/tasks/t1/cancel";
+        assert!(follower.on_message(cancel, b"{}").is_none());
+        // Another worker's suffixed status topic is one (its first status
+        // is a change).
+        let suffixed = format!("{STATUS}/w2");
+        assert!(follower.on_message(&suffixed, &doc("running", 1)).is_none());
+        let last = follower.on_message(STATUS, &doc("success", 2)).unwrap();
+        follower.finish(&last);
+        let text = String::from_utf8(follower.out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines[0], "t1");
+        assert!(lines[1].contains(" running  total=3 ok=0 "), "{text}");
+        assert_eq!(lines[2..4], ["PLAY [x]", "ok: [h1]"]);
+        assert!(lines[4].contains(" running  total=3 ok=1 "), "{text}");
+        assert!(lines[5].contains(" success  total=3 ok=2 "), "{text}");
+
+        // Without --follow, events on the topic are not shown.
+        let mut follower = following(Show::Changes);
+        follower.accepted();
+        assert!(follower.on_message(EVENTS, &event(1, "PLAY [x]")).is_none());
+        assert_eq!(String::from_utf8(follower.out).unwrap(), "t1\n");
     }
 }

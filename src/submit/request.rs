@@ -233,6 +233,25 @@ mod tests {
     }
 
     #[test]
+    fn follow_implies_waiting_and_excludes_json() {
+        let base = ["p.yml", "-i", "inv"];
+        assert!(!args(&base).follows());
+        for flag in ["--wait", "--json", "--follow"] {
+            assert!(args(&[&base[..], &[flag]].concat()).follows(), "{flag}");
+        }
+        let argv = [
+            "ansible-worker",
+            "submit",
+            "p.yml",
+            "-i",
+            "inv",
+            "--follow",
+            "--json",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
     fn key_value_sets_a_string_and_later_wins() {
         let merged = vars(&["a=1", "b=x=y z", "a=2", "empty="]).unwrap();
         assert_eq!(merged, json!({"a": "2", "b": "x=y z", "empty": ""}));

@@ -36,8 +36,8 @@ pub(super) struct Request {
     pub topic: String,
     /// The request document.
     pub payload: Vec<u8>,
-    /// The task's status filter, when following it.
-    pub status_filter: Option<String>,
+    /// The filter of the task's status (and events), when following it.
+    pub filter: Option<String>,
     /// `--wait-timeout`: from the broker's PUBCOMP to the final status.
     pub wait_timeout: Option<Duration>,
 }
@@ -88,8 +88,8 @@ impl Session {
     }
 
     /// Publishes `request` at QoS 2 and waits for the PUBCOMP; when following,
-    /// subscribes to the status first (and waits for the SUBACK), then hands
-    /// every status message to `follower` until a final one arrives.
+    /// subscribes to the status (and events) first and waits for the SUBACK,
+    /// then hands every message to `follower` until a final status arrives.
     /// Returns the final status, or `None` when not following.
     pub async fn submit<W: Write>(
         &mut self,
@@ -120,7 +120,7 @@ impl Session {
             match step? {
                 Step::Connected => {
                     sent = false;
-                    if let Some(filter) = &request.status_filter {
+                    if let Some(filter) = &request.filter {
                         self.client.try_subscribe(filter, QoS::AtLeastOnce)?;
                         if !accepted {
                             pending = "subscription";
@@ -160,14 +160,14 @@ impl Session {
                 }
                 Step::PubComp if !accepted => {
                     accepted = true;
-                    if request.status_filter.is_none() {
+                    if request.filter.is_none() {
                         return Ok(None);
                     }
                     follower.accepted();
                     wait_deadline = request.wait_timeout.map(|after| Instant::now() + after);
                 }
                 Step::Message { topic, payload } => {
-                    if let Some(last) = follower.on_status(&topic, &payload) {
+                    if let Some(last) = follower.on_message(&topic, &payload) {
                         return Ok(Some(last));
                     }
                 }
@@ -283,7 +283,7 @@ impl Session {
 
 /// The filter a SUBACK answered.
 fn subscribed(request: &Request) -> &str {
-    request.status_filter.as_deref().unwrap_or_default()
+    request.filter.as_deref().unwrap_or_default()
 }
 
 /// `future`'s output, or `None` once `deadline` (if any) passed.

@@ -54,6 +54,15 @@ const REJECTED_KEPT: usize = 100;
 /// Live events a slow reader may fall behind before it lags.
 const LIVE_CAPACITY: usize = 1024;
 
+/// A line of Ansible output as the log keeps it: its first
+/// [`LOG_LINE_CHARS`] characters.
+pub fn log_line(line: &str) -> &str {
+    match line.char_indices().nth(LOG_LINE_CHARS) {
+        Some((cut, _)) => &line[..cut],
+        None => line,
+    }
+}
+
 /// What a table is sized and labelled by.
 #[derive(Debug, Clone)]
 pub struct TableSettings {
@@ -226,7 +235,7 @@ impl TaskTable {
         let Some(entry) = inner.tasks.get_mut(task_id) else {
             return;
         };
-        let line: String = line.chars().take(LOG_LINE_CHARS).collect();
+        let line = log_line(line).to_owned();
         if entry.log.len() == LOG_TAIL_LINES {
             entry.log.pop_front();
         }

@@ -8,6 +8,8 @@
 //! - `observer`: an MQTT client that records every status document;
 //! - `controller`: an MQTT 5 client with a login of its own, Response Topics
 //!   and the broker's reason codes;
+//! - `recorder`: an MQTT client that records every message on one filter
+//!   (events, retained messages);
 //! - `procs`: processes found and killed through `/proc`;
 //! - `ansible`: the test venv's `ansible-playbook` and the test playbooks;
 //! - `ledger`: a file `ledger.yml` appends to, counting real runs;
@@ -37,6 +39,7 @@ mod observer;
 mod procs;
 mod prometheus;
 mod raw_mqtt;
+mod recorder;
 mod schema;
 mod sse;
 mod tls;
@@ -52,8 +55,8 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, controller::*, docker::*, ejabberd::*, http::*, ledger::*,
-    mosquitto::*, observer::*, procs::*, prometheus::*, raw_mqtt::*, schema::*, sse::*, tls::*,
-    tmpfs::*, worker::*,
+    mosquitto::*, observer::*, procs::*, prometheus::*, raw_mqtt::*, recorder::*, schema::*,
+    sse::*, tls::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a

@@ -3,8 +3,10 @@
 //! Owns the event format: `callback.py` (embedded here, written to disk by the
 //! runner as [`CALLBACK_FILE_NAME`]) prints one JSON object per line to the
 //! run's FIFO, and [`RunReport`] turns those lines into the status counters,
-//! the `set_stats` output and the error summary. Pure logic: it never reads
-//! the FIFO, starts a process or publishes anything.
+//! the `set_stats` output and the error summary, and hands back each task
+//! start and result as a [`RunEvent`] for the events topic (names and
+//! outcomes only: no result data, no `msg`). Pure logic: it never reads the
+//! FIFO, starts a process or publishes anything.
 //!
 //! Counters climb live with each result, following Ansible's own accounting
 //! (`ok` includes changed results and ignored failures; a rescued failure is
@@ -27,7 +29,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::model::Counters;
+use crate::model::{Counters, ResultStatus, RunEvent};
 
 /// Source of the Ansible callback plugin that emits the events.
 pub const CALLBACK_PLUGIN: &str = include_str!("../callback.py");
@@ -57,6 +59,10 @@ enum Event {
     TaskStart {
         #[serde(default)]
         name: String,
+        #[serde(default)]
+        play: Option<String>,
+        #[serde(default)]
+        handler: bool,
     },
     Result(TaskResult),
     SetStats(SetStats),
@@ -130,6 +136,15 @@ struct HostRecap {
     ignored: u64,
 }
 
+/// What one line of the plugin did to the report.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Counters or output changed.
+    pub changed: bool,
+    /// A task start or result, for the events topic.
+    pub event: Option<RunEvent>,
+}
+
 /// Everything a run reported through the callback plugin so far.
 #[derive(Debug, Default)]
 pub struct RunReport {
@@ -150,34 +165,47 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Applies one JSON line; returns `Ok(true)` when counters or output
-    /// changed. Unknown kinds are `Ok(false)`; anything else that is not an
-    /// event is an [`EventError`].
-    pub fn apply_line(&mut self, line: &str) -> Result<bool, EventError> {
+    /// Applies one JSON line: whether counters or output changed, and the
+    /// task start or result it reports. Unknown kinds change nothing;
+    /// anything else that is not an event is an [`EventError`].
+    pub fn apply_line(&mut self, line: &str) -> Result<Applied, EventError> {
         let event: Event = serde_json::from_str(line).map_err(EventError::Malformed)?;
+        let changed = |event| Applied {
+            changed: true,
+            event,
+        };
         Ok(match event {
-            Event::TaskStart { name } => {
+            Event::TaskStart {
+                name,
+                play,
+                handler,
+            } => {
                 self.tasks_started += 1;
-                self.current_task = Some(name);
-                true
+                self.current_task = Some(name.clone());
+                changed(Some(RunEvent::TaskStart {
+                    task: name,
+                    play,
+                    handler,
+                }))
             }
             Event::Result(result) => {
+                let event = result.event();
                 self.apply_result(result);
-                true
+                changed(Some(event))
             }
             Event::SetStats(set) => {
                 self.apply_set_stats(set);
-                true
+                changed(None)
             }
             Event::Stats(stats) => {
                 self.apply_stats(stats);
-                true
+                changed(None)
             }
             Event::NoHosts => {
                 self.no_hosts_matched = true;
-                false
+                Applied::default()
             }
-            Event::Unknown => false,
+            Event::Unknown => Applied::default(),
         })
     }
 
@@ -321,6 +349,26 @@ impl RunReport {
                         .extend(set.data.clone());
                 }
             }
+        }
+    }
+}
+
+impl TaskResult {
+    /// The result as an event: host, task and outcome, never its `msg`.
+    fn event(&self) -> RunEvent {
+        let status = match self.status {
+            Status::Ok if self.changed => ResultStatus::Changed,
+            Status::Ok => ResultStatus::Ok,
+            Status::Failed => ResultStatus::Failed,
+            Status::Skipped => ResultStatus::Skipped,
+            Status::Unreachable => ResultStatus::Unreachable,
+        };
+        RunEvent::Result {
+            task: self.task.clone(),
+            host: self.host.clone(),
+            status,
+            ignored: self.ignored,
+            rescued: self.status == Status::Failed && self.rescuable && !self.ignored,
         }
     }
 }

@@ -52,7 +52,7 @@ fn lines(run: &str) -> impl Iterator<Item = &str> {
 fn replay<'a>(lines: impl Iterator<Item = &'a str>) -> RunReport {
     let mut report = RunReport::default();
     for line in lines {
-        assert!(report.apply_line(line).expect(line), "{line}");
+        assert!(report.apply_line(line).expect(line).changed, "{line}");
     }
     report
 }
@@ -129,7 +129,7 @@ fn result(status: &str, changed: bool, ignored: bool, rescuable: bool) -> String
 
 fn live_after(line: &str) -> Counters {
     let mut report = RunReport::default();
-    assert!(report.apply_line(line).unwrap());
+    assert!(report.apply_line(line).unwrap().changed);
     report.counters()
 }
 
@@ -210,7 +210,7 @@ fn stats_replace_live_tallies_but_keep_the_task_count() {
         "b": {"ok": 1, "changed": 0, "failures": 0, "unreachable": 1,
               "skipped": 0, "rescued": 1, "ignored": 0}},
         "custom_run": {}, "custom_per_host": {}});
-    assert!(report.apply_line(&stats.to_string()).unwrap());
+    assert!(report.apply_line(&stats.to_string()).unwrap().changed);
     assert_eq!(
         report.counters(),
         Counters {
@@ -262,11 +262,12 @@ fn malformed_lines_are_errors() {
 #[test]
 fn unknown_kinds_are_skipped() {
     let mut report = RunReport::default();
-    let changed = report
+    let applied = report
         .apply_line(r#"{"kind": "play_start", "name": "later version"}"#)
         .unwrap();
-    assert!(!changed);
-    assert!(!report.apply_line(r#"{"kind": "no_hosts"}"#).unwrap());
+    assert_eq!(applied, Applied::default());
+    let applied = report.apply_line(r#"{"kind": "no_hosts"}"#).unwrap();
+    assert_eq!(applied, Applied::default());
     assert!(report.no_hosts_matched());
     assert!(!report.saw_task());
     assert_eq!(report.counters(), Counters::default());
@@ -382,5 +383,104 @@ fn data_no_set_stats_event_showed_comes_from_ansibles_stats() {
     assert_eq!(
         Value::Object(report.output_per_host()),
         json!({"h1": {"seen": 1, "hidden": 2}, "h2": {"only": "ansible"}})
+    );
+}
+
+/// Every task start and result of a real run becomes one event, in order,
+/// with the outcome the recap counts it as.
+#[test]
+fn task_starts_and_results_become_events() {
+    let mut report = RunReport::default();
+    let events: Vec<RunEvent> = lines(MIXED_RUN)
+        .filter_map(|line| report.apply_line(line).unwrap().event)
+        .collect();
+    let starts: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match event {
+            RunEvent::TaskStart { task, .. } => Some(task.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len() as u64, MIXED_RECAP.total);
+    let expected: Vec<String> = lines(MIXED_RUN)
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|doc| doc["kind"] == "task_start")
+        .map(|doc| doc["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(starts, expected);
+    let results = |wanted: fn(ResultStatus, bool, bool) -> bool| {
+        events
+            .iter()
+            .filter(|event| {
+                matches!(event, RunEvent::Result { status, ignored, rescued, .. }
+                if wanted(*status, *ignored, *rescued))
+            })
+            .count() as u64
+    };
+    assert_eq!(
+        results(|status, _, _| status == ResultStatus::Skipped),
+        MIXED_RECAP.skipped
+    );
+    assert_eq!(results(|_, _, rescued| rescued), MIXED_RECAP.rescued);
+    assert_eq!(results(|_, ignored, _| ignored), MIXED_RECAP.ignored);
+    assert_eq!(
+        results(|status, ignored, _| status == ResultStatus::Changed
+            || (status == ResultStatus::Failed && ignored)),
+        MIXED_RECAP.changed
+    );
+}
+
+#[test]
+fn a_result_event_keeps_the_outcome_and_drops_the_message() {
+    let event = |line: &str| RunReport::default().apply_line(line).unwrap().event;
+    let expected = |status, ignored, rescued| {
+        Some(RunEvent::Result {
+            task: "T".into(),
+            host: Some("web1".into()),
+            status,
+            ignored,
+            rescued,
+        })
+    };
+    assert_eq!(
+        event(&result("ok", true, false, false)),
+        expected(ResultStatus::Changed, false, false)
+    );
+    assert_eq!(
+        event(&result("ok", false, false, false)),
+        expected(ResultStatus::Ok, false, false)
+    );
+    assert_eq!(
+        event(&result("failed", true, true, true)),
+        expected(ResultStatus::Failed, true, false)
+    );
+    assert_eq!(
+        event(&result("failed", false, false, true)),
+        expected(ResultStatus::Failed, false, true)
+    );
+    assert_eq!(
+        event(&result("unreachable", false, false, false)),
+        expected(ResultStatus::Unreachable, false, false)
+    );
+    let failed = event(&result("failed", false, false, false)).unwrap();
+    let payload = crate::model::event_payload("t", "w", 1, chrono::Utc::now(), &failed);
+    assert!(!String::from_utf8(payload).unwrap().contains("boom"));
+    let start = r#"{"kind":"task_start","name":"A","play":"P","handler":true}"#;
+    assert_eq!(
+        event(start),
+        Some(RunEvent::TaskStart {
+            task: "A".into(),
+            play: Some("P".into()),
+            handler: true,
+        })
+    );
+    // An older plugin without the play still reads.
+    assert_eq!(
+        event(r#"{"kind":"task_start","name":"A"}"#),
+        Some(RunEvent::TaskStart {
+            task: "A".into(),
+            play: None,
+            handler: false,
+        })
     );
 }
