@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +45,12 @@ fn main() -> ExitCode {
     }
     init_tracing(&config.log_level);
     match serve(config) {
-        Ok(()) => ExitCode::SUCCESS,
+        // A second signal may end the runs before its own exit comes: the
+        // shutdown then completes, and still leaves with that signal's code.
+        Ok(()) => match FORCED_EXIT.load(Ordering::SeqCst) {
+            0 => ExitCode::SUCCESS,
+            code => ExitCode::from(code),
+        },
         Err(e) => {
             // One line on stderr, where the log goes too: not logged as well.
             eprintln!("ansible-worker: {e:#}");
@@ -135,6 +141,9 @@ impl StopSignals {
     }
 }
 
+/// The exit code a second stop signal set (0: none came).
+static FORCED_EXIT: AtomicU8 = AtomicU8::new(0);
+
 /// The first signal starts the graceful shutdown; a second one, for an
 /// operator who will not wait for it, kills every process of the runs and
 /// exits at once. No final status is published then: the tasks stay
@@ -145,6 +154,7 @@ async fn stop_on_signals(mut signals: StopSignals, config: Config, shutdown: Can
     tracing::info!("{first} received: shutting down (a second SIGINT or SIGTERM exits at once)");
     shutdown.cancel();
     let (second, code) = signals.next().await;
+    FORCED_EXIT.store(code, Ordering::SeqCst);
     tracing::warn!("{second} received during the shutdown: killing the runs and exiting now");
     let killed = ansible_worker::kill_runs(&config.worker).await;
     tracing::warn!(
