@@ -104,6 +104,11 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
         options.set_credentials(username, password);
     }
     if let Some(tls) = &config.mqtt.tls {
+        // rustls takes its provider from crate features only while exactly
+        // one is compiled in, and panics at connect time otherwise: name
+        // ring, so that a dependency enabling aws-lc-rs as well cannot break
+        // TLS. Once one is installed, later calls leave it and return Err.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         options.set_transport(Transport::tls_with_config(tls_configuration(tls)?));
     }
     Ok(options)
