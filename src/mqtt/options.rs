@@ -184,4 +184,24 @@ mod tests {
         let big = config_with("max_request_size = 4294967296", "");
         assert_eq!(max_packet_size(&big) as usize, MQTT_MAX_PACKET);
     }
+
+    #[test]
+    fn tls_options_install_rings_crypto_provider_for_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("playbooks")).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let text = "[worker]\ngroup_name = \"g\"\nworker_id = \"w\"\n\
+                    playbook_directory = \"playbooks\"\n\
+                    [mqtt]\nhost = \"b\"\ntls_enabled = true\ntls_ca_cert = \"ca.pem\"\n";
+        let config = Config::from_toml(text, dir.path(), &|_| None).unwrap();
+        mqtt_options(&config).unwrap();
+        // rumqttc builds its rustls config on the process default at connect
+        // time; without one (none or two providers compiled in) it panics.
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("a default provider");
+        let groups = |p: &rustls::crypto::CryptoProvider| {
+            p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>()
+        };
+        let ring = rustls::crypto::ring::default_provider();
+        assert_eq!(groups(installed), groups(&ring));
+    }
 }
