@@ -169,4 +169,29 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"], "the request was not answered in time");
     }
+
+    #[tokio::test]
+    async fn answers_are_gzipped_only_for_clients_that_ask() {
+        let text = "a task status line\n".repeat(200);
+        let big = Router::new().route("/big", get(move || std::future::ready(text.clone())));
+        let app = layered(big, Duration::from_secs(5), 1024);
+        for (accept, gzipped) in [(Some("gzip"), true), (None, false)] {
+            let mut request = Request::builder().uri("/big");
+            if let Some(accept) = accept {
+                request = request.header("accept-encoding", accept);
+            }
+            let request = request.body(Body::empty()).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let encoding = response.headers().get("content-encoding").cloned();
+            let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            if gzipped {
+                assert_eq!(encoding.unwrap(), "gzip");
+                assert!(body.len() < 1000, "{} bytes", body.len());
+            } else {
+                assert_eq!(encoding, None);
+                assert_eq!(body.len(), 19 * 200);
+            }
+        }
+    }
 }

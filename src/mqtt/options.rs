@@ -120,6 +120,11 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
         options.set_credentials(username, password);
     }
     if let Some(tls) = &config.mqtt.tls {
+        // rustls takes its provider from crate features only while exactly
+        // one is compiled in, and panics at connect time otherwise: name
+        // ring, so that a dependency enabling aws-lc-rs as well cannot break
+        // TLS. Once one is installed, later calls leave it and return Err.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         options.set_transport(Transport::tls_with_config(tls_configuration(tls)?));
     }
     Ok(options)
@@ -172,5 +177,25 @@ mod tests {
         assert!(max_packet_size(&small) as usize > 8 * 1024 * 1024);
         let big = config_with("max_request_size = 4294967296", "");
         assert_eq!(max_packet_size(&big) as usize, MQTT_MAX_PACKET);
+    }
+
+    #[test]
+    fn tls_options_install_rings_crypto_provider_for_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("playbooks")).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let text = "[worker]\ngroup_name = \"g\"\nworker_id = \"w\"\n\
+                    playbook_directory = \"playbooks\"\n\
+                    [mqtt]\nhost = \"b\"\ntls_enabled = true\ntls_ca_cert = \"ca.pem\"\n";
+        let config = Config::from_toml(text, dir.path(), &|_| None).unwrap();
+        mqtt_options(&config).unwrap();
+        // rumqttc builds its rustls config on the process default at connect
+        // time; without one (none or two providers compiled in) it panics.
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("a default provider");
+        let groups = |p: &rustls::crypto::CryptoProvider| {
+            p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>()
+        };
+        let ring = rustls::crypto::ring::default_provider();
+        assert_eq!(groups(installed), groups(&ring));
     }
 }
