@@ -52,6 +52,11 @@ use table::{TableSettings, TaskTable};
 /// DISCONNECT to get out during shutdown.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
+/// How long the embedded broker must have passed nothing on to its clients
+/// before the worker exits (and the broker with it), so that the final
+/// statuses reach the subscribers.
+const BROKER_DRAIN_QUIET: Duration = Duration::from_millis(500);
+
 /// Errors that stop the worker from starting. A message carries its OS
 /// error itself rather than as `source()`, so that printing the chain
 /// (`{:#}`) does not repeat it.
@@ -93,18 +98,20 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     // private way in.
     let (host, port) = config.mqtt.effective_host(&config.broker);
     let shown_broker = format!("{host}:{port}");
+    let mut embedded = None;
     if config.broker.enabled {
         let topics = mqtt::topics::Topics::of(&config.worker);
-        let private = broker::start(
+        let broker = broker::start(
             &config.broker,
             &topics,
             &config.worker.worker_id,
             metrics.clone(),
         )?;
         if config.mqtt.host.is_none() {
-            config.mqtt.host = Some(private.ip().to_string());
-            config.mqtt.port = private.port();
+            config.mqtt.host = Some(broker.private.ip().to_string());
+            config.mqtt.port = broker.private.port();
         }
+        embedded = Some(broker);
     }
     let worker = &config.worker;
     let state_dir = prepare_state_dir(&worker.state_dir)?;
@@ -206,6 +213,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     }
     table.close_subscribers();
     mqtt.finish(SHUTDOWN_MARGIN).await;
+    if let Some(broker) = &embedded {
+        broker.drain(BROKER_DRAIN_QUIET, SHUTDOWN_MARGIN).await;
+    }
     journal.close().await;
     if let Some(http) = http {
         let _ = tokio::time::timeout(SHUTDOWN_MARGIN, http).await;

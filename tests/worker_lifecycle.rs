@@ -138,3 +138,30 @@ async fn presence_is_online_with_load_and_the_will_marks_a_killed_worker_offline
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_delivers_every_final_through_the_embedded_broker_before_it_ends() {
+    // The broker lives in the worker's process: the finals must have left it
+    // for the subscribers before the process ends.
+    let (mut appliance, observer) = Appliance::lab().await;
+    let ids: Vec<String> = (0..6).map(|_| unique("embedded-stop")).collect();
+    for id in &ids {
+        observer
+            .submit(
+                json!({"task_id": id, "playbook": "slow.yml", "inventory": "inventory.yml",
+                           "extra_vars": {"seconds": 300}}),
+            )
+            .await;
+    }
+    for id in &ids {
+        observer.wait_state(id, "queued", DEADLINE).await;
+    }
+    observer.wait_state(&ids[0], "running", DEADLINE).await;
+    appliance.worker.terminate();
+    assert_eq!(appliance.worker.wait_exit(Duration::from_secs(30)), Some(0));
+    // The process is gone: what it sent is in the observer's socket or lost.
+    for id in &ids {
+        let done = observer.wait_final(id, Duration::from_secs(5)).await;
+        assert_eq!(done["state"], "cancelled", "{id}: {done}");
+    }
+}

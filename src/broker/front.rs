@@ -16,7 +16,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,9 +60,47 @@ enum FrontError {
     TooLarge,
 }
 
+/// When the front door last passed rumqttd's packets on to an outside
+/// client: a shutdown waits for that to go quiet, so that what the worker
+/// published last (its final statuses) reaches the subscribers before the
+/// process, and the broker with it, ends.
+#[derive(Debug)]
+pub struct Traffic {
+    since: Instant,
+    /// Milliseconds after `since` of the last write to a client.
+    last_write_ms: AtomicU64,
+}
+
+impl Traffic {
+    /// No traffic yet.
+    pub fn new() -> Self {
+        Traffic {
+            since: Instant::now(),
+            last_write_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn wrote(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_write_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long nothing was passed on to a client.
+    pub fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_write_ms.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last)
+    }
+}
+
 /// Accepts clients on `listener` forever, relaying each one that passes
-/// `rules` to rumqttd at `upstream`.
-pub async fn serve(listener: TcpListener, upstream: SocketAddr, rules: Arc<Rules>) {
+/// `rules` to rumqttd at `upstream`, and noting in `traffic` when packets
+/// went out to a client.
+pub async fn serve(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    rules: Arc<Rules>,
+    traffic: Arc<Traffic>,
+) {
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -72,8 +111,9 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr, rules: Arc<Rules
             }
         };
         let rules = rules.clone();
+        let traffic = traffic.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(client, upstream, &rules).await {
+            if let Err(e) = connection(client, upstream, &rules, &traffic).await {
                 tracing::debug!(%peer, "embedded broker client dropped: {e}");
             }
         });
@@ -85,6 +125,7 @@ async fn connection(
     mut client: TcpStream,
     upstream: SocketAddr,
     rules: &Rules,
+    traffic: &Traffic,
 ) -> Result<(), FrontError> {
     client.set_nodelay(true)?;
     let mut buf = BytesMut::with_capacity(4096);
@@ -131,7 +172,7 @@ async fn connection(
         refused_qos2: HashSet::new(),
         skip: 0,
     };
-    let down = downstream(broker_read, client_write, answers_rx);
+    let down = downstream(broker_read, client_write, answers_rx, traffic);
     tokio::pin!(down);
     tokio::select! {
         result = up.relay(client_read, broker_write, buf) => {
@@ -231,6 +272,7 @@ async fn downstream(
     mut broker: OwnedReadHalf,
     mut client: OwnedWriteHalf,
     mut answers: mpsc::Receiver<Vec<u8>>,
+    traffic: &Traffic,
 ) -> Result<(), FrontError> {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
@@ -243,6 +285,7 @@ async fn downstream(
                 if whole > 0 {
                     client.write_all(&buf[..whole]).await?;
                     buf.advance(whole);
+                    traffic.wrote();
                 }
             }
             answer = answers.recv() => match answer {

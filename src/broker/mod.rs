@@ -58,6 +58,32 @@ pub enum BrokerError {
     NotReady(SocketAddr),
 }
 
+/// The running embedded broker, as the worker sees it.
+#[derive(Debug)]
+pub struct Embedded {
+    /// rumqttd's private MQTT 5 listener, for the worker's own connection.
+    pub private: SocketAddr,
+    traffic: Arc<front::Traffic>,
+}
+
+impl Embedded {
+    /// Waits, at most `cap`, until the front door has passed nothing on to
+    /// outside clients for `quiet`, counted from this call: the process ends
+    /// the broker with it, so the statuses the worker published last must
+    /// first have left for their subscribers.
+    pub async fn drain(&self, quiet: Duration, cap: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < cap
+            && (started.elapsed() < quiet || self.traffic.quiet_for() < quiet)
+        {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+}
+
+/// How often [`Embedded::drain`] looks at the traffic.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
 /// Starts the broker on its own thread behind the front door and returns
 /// once every listener accepts connections, with the private address the
 /// worker's own connection uses. Installs the panic policy for broker
@@ -69,7 +95,7 @@ pub fn start(
     topics: &Topics,
     worker_id: &str,
     metrics: Arc<Metrics>,
-) -> Result<SocketAddr, BrokerError> {
+) -> Result<Embedded, BrokerError> {
     let public: Vec<SocketAddr> = std::iter::once(config.listen)
         .chain(config.listen_v4)
         .collect();
@@ -109,11 +135,20 @@ pub fn start(
         worker_id,
         metrics,
     ));
+    let traffic = Arc::new(front::Traffic::new());
     for ((listener, addr), upstream) in listeners.into_iter().zip(public).zip(private) {
-        tokio::spawn(front::serve(listener, upstream, rules.clone()));
+        tokio::spawn(front::serve(
+            listener,
+            upstream,
+            rules.clone(),
+            traffic.clone(),
+        ));
         tracing::info!(%addr, "embedded broker listening");
     }
-    Ok(private_v5)
+    Ok(Embedded {
+        private: private_v5,
+        traffic,
+    })
 }
 
 /// Binds a public listener for the front door.
