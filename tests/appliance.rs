@@ -80,6 +80,10 @@ fn follow_until_final(version: &str, port: u16, id: &str) -> std::thread::JoinHa
                 let _ = ready_tx.send(());
                 continue;
             }
+            // The run's events share the task's topic tree.
+            if doc.get("seq").is_some() && doc.get("kind").is_some() {
+                continue;
+            }
             let done = is_final(&doc);
             docs.push(doc);
             if done {
