@@ -112,24 +112,7 @@ async fn without_a_ca_file_the_platform_trust_store_decides() {
     let certs = tempfile::TempDir::new().unwrap();
     make_certificates(certs.path());
     // A second CA that signed nothing of this broker.
-    openssl(
-        certs.path(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other-ca",
-        ],
-    );
+    make_ca(certs.path(), "other", "other-ca");
     let c = |name: &str| certs.path().join(name).display().to_string();
     let tls_port = free_port();
     let broker = Mosquitto::start_with(&format!(

@@ -4,8 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Runs `openssl <args>` in `dir`; panics unless it succeeds.
-pub fn openssl(dir: &Path, args: &[&str]) {
+fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -14,12 +13,9 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {out:?}");
 }
 
-/// Writes into `dir` a CA (`ca.pem`, `ca.key`), a server certificate for
-/// 127.0.0.1 (`server.pem`, `server.key`) and a client certificate
-/// (`client.pem`, `client.key`), each valid for two days.
-pub fn make_certificates(dir: &Path) {
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+/// Writes into `dir` a self-signed CA, `<stem>.pem` and `<stem>.key`, named
+/// `common_name` and valid for two days.
+pub fn make_ca(dir: &Path, stem: &str, common_name: &str) {
     openssl(
         dir,
         &[
@@ -29,15 +25,24 @@ pub fn make_certificates(dir: &Path) {
             "rsa:2048",
             "-nodes",
             "-keyout",
-            "ca.key",
+            &format!("{stem}.key"),
             "-out",
-            "ca.pem",
+            &format!("{stem}.pem"),
             "-days",
             "2",
             "-subj",
-            "/CN=test-ca",
+            &format!("/CN={common_name}"),
         ],
     );
+}
+
+/// Writes into `dir` a CA (`ca.pem`, `ca.key`), a server certificate for
+/// 127.0.0.1 (`server.pem`, `server.key`) and a client certificate
+/// (`client.pem`, `client.key`), each valid for two days.
+pub fn make_certificates(dir: &Path) {
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    make_ca(dir, "ca", "test-ca");
     for name in ["server", "client"] {
         openssl(
             dir,
