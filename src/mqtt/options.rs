@@ -183,10 +183,11 @@ mod tests {
     fn tls_options_install_rings_crypto_provider_for_the_process() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("playbooks")).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        // No CA file: the platform's trust store (TLS files are read and
+        // checked when the options are built).
         let text = "[worker]\ngroup_name = \"g\"\nworker_id = \"w\"\n\
                     playbook_directory = \"playbooks\"\n\
-                    [mqtt]\nhost = \"b\"\ntls_enabled = true\ntls_ca_cert = \"ca.pem\"\n";
+                    [mqtt]\nhost = \"b\"\ntls_enabled = true\n";
         let config = Config::from_toml(text, dir.path(), &|_| None).unwrap();
         mqtt_options(&config).unwrap();
         // rumqttc builds its rustls config on the process default at connect
