@@ -11,15 +11,17 @@
 //! - [`pool`]: `worker.concurrency` permits; queued tasks → runs.
 //! - [`mod@run`]: [`run::PlaybookRunner`], one `ansible-playbook` process each,
 //!   observed through a callback plugin; timeouts and cancel kill the tree.
-//! - [`mqtt`]: the broker connection, the status publisher, the run events
-//!   topic and presence.
+//! - [`transport`]: what the core needs from a transport (a task source and a
+//!   status sink), and how any transport admits a request.
+//! - [`mqtt`]: the MQTT transport: the broker connection, the status
+//!   publisher, the run events topic and presence.
 //! - [`broker`]: the optional embedded MQTT broker (rumqttd).
 //! - [`http`]: dashboard, JSON API, live events, health and metrics.
 //! - [`submit`]: controller-side commands (`submit`, `cancel`) that talk to a
 //!   worker through the broker.
 //!
-//! Data flows one way: MQTT request → intake → table → pool → run → table →
-//! journal → change stream → status publisher.
+//! Data flows one way: task source → intake → table → pool → run → table →
+//! journal → change stream → status sink.
 
 pub mod broker;
 pub mod cli;
@@ -34,6 +36,7 @@ pub mod pool;
 pub mod run;
 pub mod submit;
 pub mod table;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,14 +164,17 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     table.journaled().await;
     // The one intake policy of MQTT and HTTP requests.
     let policy = intake::IntakePolicy::of(worker);
-    let mqtt = MqttSide::start(&config, &table, policy.clone())?;
+    let mut mqtt = MqttSide::start(&config, &table, policy.clone())?;
+    let source = mqtt.source();
+    let sink = mqtt.sink().expect("the status sink is taken once");
+    let statuses = tokio::spawn(sink.deliver(table.statuses(), table.subscribe()));
     let http = match config.http.enabled {
         true => Some(
             start_http(
                 &config,
                 shown_broker,
                 &table,
-                &mqtt,
+                source.clone(),
                 policy.clone(),
                 &shutdown,
             )
@@ -200,7 +206,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: cancelling queued and running tasks");
-    mqtt.stop_intake();
+    source.stop_intake();
     stop_pool.cancel();
     let _ = pool.await;
     table.shutdown();
@@ -212,6 +218,12 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         tracing::error!("runs did not end within the shutdown deadline");
     }
     table.close_subscribers();
+    if tokio::time::timeout(SHUTDOWN_MARGIN, statuses)
+        .await
+        .is_err()
+    {
+        tracing::error!("final statuses could not all be handed on");
+    }
     mqtt.finish(SHUTDOWN_MARGIN).await;
     if let Some(broker) = &embedded {
         broker.drain(BROKER_DRAIN_QUIET, SHUTDOWN_MARGIN).await;
@@ -263,7 +275,7 @@ async fn start_http(
     config: &Config,
     broker: String,
     table: &TaskTable,
-    mqtt: &MqttSide,
+    source: Arc<dyn transport::TaskSource>,
     policy: intake::IntakePolicy,
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, StartError> {
@@ -274,10 +286,8 @@ async fn start_http(
         .map_err(|error| StartError::Http { addr, error })?;
     let state = http::AppState {
         table: table.clone(),
-        client: mqtt.client(),
-        topics: mqtt.topics().clone(),
+        source,
         policy: Arc::new(policy),
-        link: mqtt.link_state(),
         info: Arc::new(http::WorkerInfo {
             worker_id: worker.worker_id.clone(),
             group: worker.group_name.clone(),

@@ -75,6 +75,8 @@ impl RawConfig {
             mqtt,
             broker,
             http,
+            transport: super::Transport::Mqtt,
+            poll: None,
         })
     }
 }

@@ -57,6 +57,61 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// `[http]`: the optional dashboard, API and health endpoints.
     pub http: HttpConfig,
+    /// `transport`: where tasks come from and statuses go.
+    pub transport: Transport,
+    /// `[poll]`: the controller polled over HTTP; `Some` exactly when
+    /// `transport = "http"`.
+    pub poll: Option<PollConfig>,
+}
+
+/// `transport`: how requests arrive and statuses leave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// An MQTT 5 broker (the default): the group's tasks topic in, retained
+    /// statuses out.
+    #[default]
+    Mqtt,
+    /// HTTP polling: `GET <base_url>/tasks` in, `POST
+    /// <base_url>/tasks/<task_id>/status` out.
+    Http,
+}
+
+/// `[poll]`: the controller a worker with `transport = "http"` polls.
+#[derive(Debug, Clone)]
+pub struct PollConfig {
+    /// The controller's base URL (`http` or `https`), without a trailing `/`.
+    pub base_url: String,
+    /// Time between polls that found nothing.
+    pub interval: Duration,
+    /// Time allowed for one whole request and its answer.
+    pub timeout: Duration,
+    /// Time allowed to connect (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// How each request authenticates, if at all.
+    pub auth: PollAuth,
+    /// PEM file of the CA(s) to trust; `None` means the platform's trust store.
+    pub tls_ca_cert: Option<PathBuf>,
+    /// Client certificate and key PEM files, for mutual TLS.
+    pub tls_client_auth: Option<(PathBuf, PathBuf)>,
+    /// Accept any server certificate (for tests and labs only; logged loudly).
+    pub tls_insecure: bool,
+}
+
+/// How requests to the polled controller authenticate.
+#[derive(Debug, Clone, Default)]
+pub enum PollAuth {
+    /// No `Authorization` header.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Basic ...`.
+    Basic {
+        /// Login name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
 }
 
 /// `[worker]`: which requests this worker takes and how it runs them.

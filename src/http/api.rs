@@ -2,8 +2,9 @@
 //! cancel), rejected requests, worker facts and the playbook picker's lists.
 //!
 //! Submits are checked with the same intake rules as MQTT requests, then
-//! published to the group's task topic; cancels go to the cancel topic. The
-//! worker that owns the task acts, wherever it runs.
+//! handed to the transport's task source, as cancels are (over MQTT: the
+//! group's task and cancel topics, so the worker that owns the task acts,
+//! wherever it runs).
 
 use std::path::Path;
 
@@ -15,7 +16,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::QoS;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,7 +52,7 @@ async fn worker(State(state): State<AppState>) -> Json<Value> {
         "group": info.group,
         "version": env!("CARGO_PKG_VERSION"),
         "broker": info.broker,
-        "connected": state.link.borrow().up,
+        "connected": state.source.link().borrow().up,
         "concurrency": info.concurrency,
         "queued": queued,
         "running": running,
@@ -144,12 +144,13 @@ async fn submit(
             ApiError::new(StatusCode::BAD_REQUEST, reason)
         }
     })?;
-    publish(&state, state.topics.tasks(), QoS::ExactlyOnce, payload).await?;
-    let body = json!({
-        "task_id": spec.task_id,
-        "status_topic": state.topics.status(&spec.task_id),
-    });
-    Ok(accepted(&spec.task_id, body))
+    let mut body = state
+        .source
+        .submit(payload, &spec.task_id)
+        .await
+        .map_err(unavailable)?;
+    body.insert("task_id".into(), Value::String(spec.task_id.clone()));
+    Ok(accepted(&spec.task_id, Value::Object(body)))
 }
 
 /// 202 with `Location: /api/tasks/<id>`, where the task can be followed. A
@@ -200,39 +201,16 @@ async fn cancel(
         Some(reason) => json!({ "reason": reason }),
         None => json!({}),
     };
-    publish(
-        &state,
-        state.topics.cancel(&id),
-        QoS::AtLeastOnce,
-        payload.to_string().into_bytes(),
-    )
-    .await?;
+    state
+        .source
+        .cancel(&id, payload.to_string().into_bytes())
+        .await
+        .map_err(unavailable)?;
     Ok(accepted(&id, json!({ "task_id": id })))
 }
 
-async fn publish(
-    state: &AppState,
-    topic: String,
-    qos: QoS,
-    payload: Vec<u8>,
-) -> Result<(), ApiError> {
-    if !state.link.borrow().up {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the MQTT broker; try again shortly",
-        ));
-    }
-    state
-        .client
-        .publish(topic, qos, false, payload)
-        .await
-        .map_err(|e| {
-            tracing::warn!("cannot forward an HTTP request to the broker: {e}");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot reach the MQTT broker",
-            )
-        })
+fn unavailable(why: crate::transport::Unavailable) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why.0)
 }
 
 async fn rejected(State(state): State<AppState>) -> Json<Vec<RejectedRequest>> {

@@ -58,14 +58,15 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// `ansible-playbook` is there now (it may have been removed or renamed since
 /// start).
 async fn readiness(state: &AppState) -> Vec<(&'static str, bool)> {
-    let link = *state.link.borrow();
+    let link = *state.source.link().borrow();
+    let (connected, subscribed) = state.source.readiness_names();
     let (embedded, ansible) = tokio::join!(
         embedded_broker_answers(state.info.embedded_broker),
         program_found(state.info.ansible_playbook.clone()),
     );
     vec![
-        ("mqtt_connected", link.up),
-        ("mqtt_subscribed", link.up && link.subscribed),
+        (connected, link.up),
+        (subscribed, link.up && link.subscribed),
         ("embedded_broker", embedded),
         ("ansible_playbook", ansible),
     ]

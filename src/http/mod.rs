@@ -4,8 +4,9 @@
 //! `app(state)` builds the router with its layers (tracing, timeouts,
 //! compression, body limit, JSON errors, the request guard of `guard.rs`,
 //! the bearer token of `auth.rs`); `serve` runs it until the process shuts
-//! down. Submit and cancel are forwarded to the group over MQTT,
-//! so any worker of the group may take a task, exactly as for MQTT clients.
+//! down. Submit and cancel go to the transport's task source (over MQTT,
+//! to the group, so any worker of the group may take a task, exactly as for
+//! MQTT clients; when polling, to this worker's table).
 
 pub mod api;
 pub mod assets;
@@ -24,9 +25,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware;
-use rumqttc::v5::AsyncClient;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -36,9 +35,8 @@ pub use error::ApiError;
 
 use crate::config::Secret;
 use crate::intake::IntakePolicy;
-use crate::mqtt::client::LinkState;
-use crate::mqtt::topics::Topics;
 use crate::table::TaskTable;
+use crate::transport::TaskSource;
 
 /// Time allowed to produce a response (not to stream one).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,14 +46,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     /// The task table.
     pub table: TaskTable,
-    /// Where submits and cancels are published.
-    pub client: AsyncClient,
-    /// Topic names of this worker's group.
-    pub topics: Topics,
+    /// Where submits and cancels go, and the link state.
+    pub source: Arc<dyn TaskSource>,
     /// The same rules MQTT requests pass.
     pub policy: Arc<IntakePolicy>,
-    /// Broker connection state.
-    pub link: watch::Receiver<LinkState>,
     /// Static facts about this worker.
     pub info: Arc<WorkerInfo>,
     /// Bearer token for writes (and reads when `token_for_reads`).
@@ -75,7 +69,8 @@ pub struct WorkerInfo {
     pub worker_id: String,
     /// Its group.
     pub group: String,
-    /// Broker `host:port` it connects to.
+    /// Where tasks come from: the broker's `host:port`, or the polled
+    /// controller's base URL.
     pub broker: String,
     /// Parallel runs.
     pub concurrency: usize,

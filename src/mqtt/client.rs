@@ -37,22 +37,11 @@ use super::events::EventWindow;
 use super::link::{Backoff, Granted, HELD, Sharing, Subscription, shared_available};
 use super::topics::Topics;
 use super::window::PublishWindow;
-use crate::intake::{IntakePolicy, Refusal, parse_request};
+use crate::intake::IntakePolicy;
 use crate::journal::JournalHealth;
 use crate::model::ReplyRoute;
-use crate::table::{Cancel, TaskTable};
-
-/// The state of the broker connection, as seen by the event loop.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkState {
-    /// Connected (a ConnAck was received and no error since).
-    pub up: bool,
-    /// Counts successful connects; changes on every reconnect.
-    pub generation: u64,
-    /// The broker granted this connection the tasks filter (a refused one,
-    /// or one not asked for, leaves it false).
-    pub subscribed: bool,
-}
+use crate::table::TaskTable;
+use crate::transport::LinkState;
 
 /// Everything the event loop needs to hand requests on.
 pub struct Inbound {
@@ -287,38 +276,19 @@ fn receive(
 ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     let topic = String::from_utf8_lossy(&publish.topic);
     if let Some(task_id) = inbound.topics.cancelled_task(&topic) {
-        cancel(inbound, task_id, &publish.payload);
+        crate::transport::cancel(&inbound.table, task_id, &publish.payload);
         return None;
     }
     if topic != inbound.topics.tasks() {
         tracing::debug!(%topic, "ignoring a message on an unexpected topic");
         return None;
     }
-    let parsed = parse_request(&publish.payload, &inbound.policy);
-    let task_id = match &parsed {
-        Ok(spec) => Some(spec.task_id.as_str()),
-        Err(Refusal::Invalid { task_id, .. }) => Some(task_id.as_str()),
-        Err(Refusal::Unaddressable { .. }) => None,
-    };
-    // The table owns the route: it takes it only with the task it admits.
-    let reply = task_id.and_then(|task_id| reply_route(inbound, publish, task_id));
-    match parsed {
-        Ok(spec) => {
-            let id = spec.task_id.clone();
-            let admission = inbound.table.submit(spec, reply);
-            tracing::info!(task_id = %id, ?admission, "task request");
-        }
-        Err(Refusal::Invalid { task_id, reason }) => {
-            tracing::warn!(task_id = %task_id, "task request refused: {reason}");
-            inbound.table.refuse(&task_id, &reason, reply);
-        }
-        Err(Refusal::Unaddressable { reason }) => {
-            tracing::warn!("task request rejected without a status: {reason}");
-            inbound.table.reject_unaddressable(&reason);
-            return None;
-        }
-    }
-    Some(inbound.table.journaled())
+    crate::transport::admit(
+        &inbound.table,
+        &inbound.policy,
+        &publish.payload,
+        |task_id| reply_route(inbound, publish, task_id),
+    )
 }
 
 /// Characters of an ignored Response Topic shown in the log.
@@ -340,30 +310,4 @@ fn reply_route(inbound: &Inbound, publish: &Publish, task_id: &str) -> Option<Re
         topic: topic.to_owned(),
         correlation: properties.correlation_data.clone(),
     })
-}
-
-/// Longest cancel reason kept in a status.
-const MAX_REASON_CHARS: usize = 200;
-
-/// Acts on a cancel request if this worker holds the task; the payload may be
-/// empty or `{"reason": "..."}`.
-fn cancel(inbound: &Inbound, task_id: &str, payload: &[u8]) {
-    let reason = serde_json::from_slice::<serde_json::Value>(payload)
-        .ok()
-        .and_then(|doc| doc.get("reason")?.as_str().map(str::to_owned))
-        .map(|reason| {
-            let reason: String = reason
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_REASON_CHARS)
-                .collect();
-            format!("Cancelled: {reason}")
-        })
-        .unwrap_or_else(|| "Cancelled by request".to_owned());
-    match inbound.table.cancel(task_id, &reason) {
-        Cancel::Unknown | Cancel::AlreadyFinished => {
-            tracing::debug!(task_id, "cancel request for a task that is not active here");
-        }
-        outcome => tracing::info!(task_id, ?outcome, "cancel request"),
-    }
 }

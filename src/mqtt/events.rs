@@ -22,10 +22,10 @@ use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::watch;
 
-use super::client::LinkState;
 use super::topics::Topics;
 use crate::metrics::Metrics;
 use crate::model::{EventSink, RunEvent, event_payload};
+use crate::transport::LinkState;
 
 /// Events allowed in the client's request queue at once: what a status or
 /// an acknowledgement may have to wait behind.

@@ -1,10 +1,11 @@
-//! The worker's MQTT side: one client connection (`client`) and its options
-//! (`options`, with the TLS settings in `tls`), the status
-//! publisher fed by the task table's change stream (`publisher`), the run
-//! events publisher (`events`), the
-//! presence document and will (`presence`), what the broker granted and
-//! when to reconnect (`link`), and the topic names of PROTOCOL.md
-//! (`topics`). [`MqttSide`] wires them together for `run`.
+//! The MQTT transport: one client connection (`client`) and its options
+//! (`options`, with the TLS settings in `tls`), the status publisher
+//! (`publisher`, the [`StatusSink`]), the run events publisher (`events`),
+//! the presence document and will (`presence`), what the broker granted and
+//! when to reconnect (`link`), the worker's own API's submits and cancels
+//! forwarded to the group (`source`, the [`TaskSource`]), and the topic
+//! names of PROTOCOL.md (`topics`). [`MqttSide`] wires them together for
+//! `run`.
 
 pub mod client;
 pub mod events;
@@ -12,6 +13,7 @@ pub mod link;
 pub mod options;
 pub mod presence;
 pub mod publisher;
+pub mod source;
 pub mod tls;
 pub mod topics;
 pub mod window;
@@ -28,16 +30,18 @@ use crate::config::Config;
 use crate::intake::IntakePolicy;
 use crate::model::EventSink;
 use crate::table::TaskTable;
-use client::{Inbound, LinkState};
+use crate::transport::{LinkState, StatusSink, TaskSource};
+use client::Inbound;
 use events::{EventPublisher, EventWindow};
 use options::ClientError;
 use presence::Presence;
-use publisher::PublisherSettings;
+use publisher::{PublisherSettings, StatusPublisher};
+use source::MqttSource;
 use topics::Topics;
 use window::PublishWindow;
 
-/// The running MQTT tasks of one worker: connection, status publisher,
-/// events publisher and presence.
+/// The running MQTT tasks of one worker: connection, events publisher and
+/// presence, and the status publisher until [`MqttSide::sink`] hands it out.
 pub struct MqttSide {
     client: AsyncClient,
     topics: Topics,
@@ -46,15 +50,14 @@ pub struct MqttSide {
     /// Resolves when the connection's thread ended.
     link: oneshot::Receiver<()>,
     abort_link: CancellationToken,
-    publisher: JoinHandle<()>,
+    publisher: Option<StatusPublisher>,
     presence: JoinHandle<()>,
     stop_presence: CancellationToken,
 }
 
 impl MqttSide {
-    /// Connects (in the background, retrying) and starts publishing the
-    /// statuses `table` holds and then its changes; requests `policy` accepts
-    /// go into `table`.
+    /// Connects (in the background, retrying); requests `policy` accepts go
+    /// into `table`. Statuses leave through [`MqttSide::sink`].
     pub fn start(
         config: &Config,
         table: &TaskTable,
@@ -73,8 +76,7 @@ impl MqttSide {
         let (client, eventloop) = options::client(options);
         let (link_tx, link_rx) = watch::channel(LinkState::default());
         let window = PublishWindow::default();
-        let changes = table.subscribe();
-        let publisher = tokio::spawn(publisher::publish_statuses(
+        let publisher = StatusPublisher::new(
             client.clone(),
             PublisherSettings {
                 topics: topics.clone(),
@@ -82,10 +84,8 @@ impl MqttSide {
                 in_flight_window: config.mqtt.keepalive * 3,
                 window: window.clone(),
             },
-            table.statuses(),
-            changes,
             link_rx.clone(),
-        ));
+        );
         let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
         let acknowledger = client::acknowledge(client.clone(), pending_acks, link_rx.clone());
         let stop_presence = CancellationToken::new();
@@ -133,7 +133,7 @@ impl MqttSide {
             link_state: link_rx,
             link,
             abort_link,
-            publisher,
+            publisher: Some(publisher),
             presence,
             stop_presence,
         })
@@ -144,9 +144,21 @@ impl MqttSide {
         &self.topics
     }
 
-    /// A handle for publishing (the HTTP API forwards requests with it).
-    pub fn client(&self) -> AsyncClient {
-        self.client.clone()
+    /// Where the worker's own API sends submits and cancels: the group's
+    /// topics.
+    pub fn source(&self) -> Arc<dyn TaskSource> {
+        Arc::new(MqttSource::new(
+            self.client.clone(),
+            self.topics.clone(),
+            self.link_state.clone(),
+        ))
+    }
+
+    /// The status publisher, once: retained statuses on each task's topic.
+    pub fn sink(&mut self) -> Option<Box<dyn StatusSink>> {
+        self.publisher
+            .take()
+            .map(|publisher| Box::new(publisher) as Box<dyn StatusSink>)
     }
 
     /// Where runs send their events: the events topic.
@@ -154,24 +166,9 @@ impl MqttSide {
         self.events.clone()
     }
 
-    /// The connection state, as it changes.
-    pub fn link_state(&self) -> watch::Receiver<LinkState> {
-        self.link_state.clone()
-    }
-
-    /// Stops taking task requests: the broker hands new ones to other
-    /// members of the group.
-    pub fn stop_intake(&self) {
-        let _ = self.client.try_unsubscribe(self.topics.tasks_filter());
-    }
-
-    /// Publishes what is left of the table's change stream (the caller has
-    /// closed it), marks the worker offline and disconnects, each step within
-    /// `margin`.
+    /// Marks the worker offline and disconnects (once the status sink
+    /// delivered what it had), each step within `margin`.
     pub async fn finish(self, margin: Duration) {
-        if tokio::time::timeout(margin, self.publisher).await.is_err() {
-            tracing::error!("final statuses could not all be handed to the client");
-        }
         self.stop_presence.cancel();
         let _ = tokio::time::timeout(margin, self.presence).await;
         let _ = self.client.disconnect().await;

@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::client::LinkState;
 use crate::table::TaskTable;
+use crate::transport::LinkState;
 
 /// How often, at most, the presence document changes.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(250);

@@ -32,10 +32,11 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::client::LinkState;
 use super::topics::Topics;
 use super::window::PublishWindow;
 use crate::model::{Delivery, TaskStatus};
+use crate::transport::LinkState;
+use crate::transport::{BoxFuture, StatusSink};
 
 /// How often statuses that surely reached the broker are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -60,10 +61,47 @@ struct Latest {
     sent: Option<Instant>,
 }
 
+/// The status publisher, as the MQTT transport's [`StatusSink`].
+pub struct StatusPublisher {
+    client: AsyncClient,
+    settings: PublisherSettings,
+    link: watch::Receiver<LinkState>,
+}
+
+impl StatusPublisher {
+    /// A publisher using `client`, catching up whenever `link` reconnects.
+    pub fn new(
+        client: AsyncClient,
+        settings: PublisherSettings,
+        link: watch::Receiver<LinkState>,
+    ) -> Self {
+        StatusPublisher {
+            client,
+            settings,
+            link,
+        }
+    }
+}
+
+impl StatusSink for StatusPublisher {
+    fn deliver(
+        self: Box<Self>,
+        restored: Vec<TaskStatus>,
+        changes: mpsc::UnboundedReceiver<TaskStatus>,
+    ) -> BoxFuture<'static, ()> {
+        let StatusPublisher {
+            client,
+            settings,
+            link,
+        } = *self;
+        Box::pin(publish_statuses(client, settings, restored, changes, link))
+    }
+}
+
 /// Publishes `restored` (the statuses held at start) once connected, then
 /// every change, until the change stream ends (see
 /// [`crate::table::TaskTable::close_subscribers`]).
-pub async fn publish_statuses(
+async fn publish_statuses(
     client: AsyncClient,
     settings: PublisherSettings,
     restored: Vec<TaskStatus>,
