@@ -346,6 +346,26 @@ impl TaskTable {
             .count();
         (queued, running)
     }
+
+    /// Resolves once the queue has room for another task (at once if it
+    /// has), so that a transport that fetches requests (HTTP polling) asks
+    /// only for what it can hold. Any change of the table wakes it to look
+    /// again.
+    pub async fn room(&self) {
+        loop {
+            let mut changes = {
+                let inner = self.lock();
+                if inner.queue.len() < inner.settings.max_queue_size {
+                    return;
+                }
+                // Under the lock that saw no room: no change is missed.
+                inner.live.subscribe()
+            };
+            // A lagged receiver saw changes too; the sender lives with the
+            // table, so the stream never closes while `self` exists.
+            let _ = changes.recv().await;
+        }
+    }
 }
 
 impl Inner {

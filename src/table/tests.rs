@@ -73,6 +73,26 @@ fn queue_full_fails_with_the_limit_in_the_message() {
 }
 
 #[tokio::test]
+async fn room_waits_until_a_queued_task_leaves_the_queue() {
+    let table = table(1, 10);
+    table.room().await;
+    table.submit(spec("a"), None);
+    let waiting = tokio::spawn({
+        let table = table.clone();
+        async move { table.room().await }
+    });
+    // Log lines of other tasks wake it, but do not make room.
+    table.append_log("a", "line");
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    let _ = table.start_next().await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("room once the task left the queue")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn shutdown_cancels_queued_and_signals_running() {
     let table = table(10, 10);
     table.submit(spec("a"), None);

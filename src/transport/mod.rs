@@ -15,7 +15,9 @@
 //!
 //! Both transports turn a received request into a task the same way:
 //! [`admit`] (intake rules, then the table), and [`cancel_reason`] reads a
-//! cancel body.
+//! cancel body. Both connect with the TLS client settings of `tls`.
+
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
