@@ -7,3 +7,5 @@
 
 pub mod poster;
 pub mod retry;
+#[cfg(test)]
+mod tests;
