@@ -19,6 +19,8 @@
 
 pub mod tls;
 
+pub mod backoff;
+
 use std::future::Future;
 use std::pin::Pin;
 
