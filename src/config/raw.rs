@@ -82,3 +82,9 @@ pub(super) struct RawHttp {
     pub(super) token_for_reads: Option<bool>,
     pub(super) allowed_hosts: Option<Vec<String>>,
 }
+
+/// Whether the value at dotted `key` is a password or token, whose value no
+/// error message may show (not even one of the wrong type).
+pub(super) fn is_secret(key: &str) -> bool {
+    matches!(key, "mqtt.password" | "http.token") || key.starts_with("broker.users.")
+}
