@@ -417,3 +417,5 @@ fn example_config_loads_with_an_empty_environment() {
         ("127.0.0.1".into(), 1883)
     );
 }
+
+mod poll;
