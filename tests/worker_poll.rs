@@ -113,6 +113,8 @@ async fn object_array_and_empty_answers_run_every_task_with_statuses_in_order() 
 async fn bad_answers_are_rejected_requests_and_polling_goes_on() {
     let controller = PollController::start().await;
     controller.script([
+        // Beyond the 4 MiB an answer may have: not read at all.
+        Answer::Body(vec![b' '; 5 * 1024 * 1024]),
         Answer::Body(b"this is not JSON".to_vec()),
         Answer::Json(json!([5, {"no": "task_id"}, quick_failure("after-junk")])),
         Answer::Json(
@@ -120,9 +122,11 @@ async fn bad_answers_are_rejected_requests_and_polling_goes_on() {
         ),
     ]);
     let mut setup = PollSetup::new();
+    setup.extra_worker = "max_request_size = 2048".into();
     let (_worker, http) = start_with_api(&mut setup, &controller);
     controller.wait_final("after-junk", DEADLINE).await;
-    // The junk body, the number, the object without an id, the dot id.
+    // The huge body, the junk body, the number, the object without an id,
+    // the dot id.
     assert!(
         wait_until(DEADLINE, || http
             .get("/api/rejected")
@@ -130,7 +134,7 @@ async fn bad_answers_are_rejected_requests_and_polling_goes_on() {
             .as_array()
             .unwrap()
             .len()
-            == 4),
+            == 5),
         "{}",
         http.get("/api/rejected").body
     );
@@ -141,6 +145,10 @@ async fn bad_answers_are_rejected_requests_and_polling_goes_on() {
         "{rejected}"
     );
     assert!(rejected.contains("name no status URL"), "{rejected}");
+    assert!(
+        rejected.contains("poll answer larger than 4194304 bytes"),
+        "{rejected}"
+    );
     // Still polling.
     let polls = controller.seen(|s| s.polls().len());
     controller
