@@ -3,10 +3,11 @@
 //! It owns every task this worker holds (queued, running and a bounded
 //! history of finished ones, each with the tail of its Ansible log), the FIFO
 //! queue of waiting tasks, the recently rejected requests, and two change
-//! streams: a lossless, ordered one per subscriber (the MQTT status
-//! publisher) and a lossy broadcast for live views (`view`: the HTTP API and
-//! its event stream). It does not run anything: the pool takes queued tasks
-//! from it and reports back. Every state change goes through `lifecycle`.
+//! streams: a lossless, ordered one per subscriber (the status sink of the
+//! transport, [`ChangeStream`]) and a lossy broadcast for live views
+//! (`view`: the HTTP API and its event stream). It does not run anything:
+//! the pool takes queued tasks from it and reports back. Every state change
+//! goes through `lifecycle`.
 //!
 //! With a [`Journal`] configured, every change is handed to it and the
 //! lossless stream carries what the journal committed (a status leaves the
@@ -30,13 +31,14 @@ pub mod view;
 
 pub use outcomes::{Admission, Cancel, RunOutcome};
 pub use restore::{INTERRUPTED, Restored};
+pub use stream::ChangeStream;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
@@ -116,13 +118,18 @@ struct Inner {
     queue: VecDeque<String>,
     finished: VecDeque<String>,
     rejected: VecDeque<RejectedRequest>,
-    subscribers: Vec<mpsc::UnboundedSender<TaskStatus>>,
+    stream: ChangeStream,
     live: broadcast::Sender<LiveEvent>,
 }
 
 impl TaskTable {
-    /// An empty table.
+    /// An empty table. Its journal, if any, streams what it commits to
+    /// this table's subscribers.
     pub fn new(settings: TableSettings) -> Self {
+        let stream = ChangeStream::default();
+        if let Some(journal) = &settings.journal {
+            journal.stream_to(stream.clone());
+        }
         TaskTable {
             inner: Arc::new(Mutex::new(Inner {
                 settings,
@@ -132,7 +139,7 @@ impl TaskTable {
                 queue: VecDeque::new(),
                 finished: VecDeque::new(),
                 rejected: VecDeque::new(),
-                subscribers: Vec::new(),
+                stream,
                 live: broadcast::channel(LIVE_CAPACITY).0,
             })),
             queued_signal: Arc::new(Notify::new()),
