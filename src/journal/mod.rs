@@ -12,6 +12,10 @@
 //! [`Journal::flushed`] resolves once everything handed over before it is
 //! committed; the MQTT side acknowledges a task request only then.
 //!
+//! A task's row also says whether its final status was delivered (a sink's
+//! receipt, [`Journal::delivered`]); any newer status of the task clears
+//! that, so a restart knows what to send again.
+//!
 //! A commit that fails (the state dir's file system is full, say) is held and
 //! retried until it succeeds (`writer`): no status of it leaves the process
 //! meanwhile, and [`Journal::health`] says the journal is failing and why, so
@@ -40,7 +44,7 @@ use std::thread;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::model::{TaskSpec, TaskStatus};
+use crate::model::{TaskSpec, TaskState, TaskStatus};
 use crate::table::ChangeStream;
 use crate::table::view::RequestSummary;
 
@@ -101,6 +105,18 @@ pub struct StoredTask {
     pub spec: Option<Result<TaskSpec, String>>,
     /// What was asked for.
     pub request: Option<RequestSummary>,
+    /// Its final status was delivered (never true for another status).
+    pub delivered: bool,
+}
+
+/// A final status its destination accepted, as the journal checks it
+/// against the row.
+#[derive(Debug)]
+struct Receipt {
+    task_id: String,
+    state: TaskState,
+    /// As the status document has it (RFC 3339, milliseconds).
+    completed_at: String,
 }
 
 /// Something to do on the writer thread once everything handed over before
@@ -119,6 +135,7 @@ enum Op {
     /// Stream only: a status that did not change (a re-published duplicate).
     Relay(Box<TaskStatus>),
     Forget(String),
+    Delivered(Box<Receipt>),
     StreamTo(ChangeStream),
     Then(Step),
     Close(oneshot::Sender<()>),
@@ -174,6 +191,20 @@ impl Journal {
     /// Streams a status in order, without writing it.
     pub fn relay(&self, status: TaskStatus) {
         self.send(Op::Relay(Box::new(status)));
+    }
+
+    /// Records that the final `status` was delivered, with the next batch;
+    /// only if the task's row still holds that status (same state and
+    /// completion time). A status that is not final is ignored.
+    pub fn delivered(&self, status: &TaskStatus) {
+        let Some(completed_at) = status.completed_at.filter(|_| status.state.is_final()) else {
+            return;
+        };
+        self.send(Op::Delivered(Box::new(Receipt {
+            task_id: status.task_id.clone(),
+            state: status.state,
+            completed_at: completed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })));
     }
 
     /// Deletes a task's record (it left the history).

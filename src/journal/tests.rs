@@ -1,5 +1,7 @@
 //! Unit tests of the journal against real SQLite files in temp dirs.
 
+mod delivery;
+
 use std::path::PathBuf;
 
 use tokio::sync::mpsc;

@@ -59,6 +59,7 @@ impl Pending {
             Op::Write(record) => Some(record.status.task_id.clone()),
             Op::Relay(status) => Some(status.task_id.clone()),
             Op::Forget(task_id) => Some(task_id.clone()),
+            Op::Delivered(receipt) => Some(receipt.task_id.clone()),
             _ => None,
         };
         let Some(task_id) = task_id else {
@@ -106,6 +107,7 @@ impl Pending {
         self.ops.iter().filter_map(|op| match op {
             Op::Write(record) => Some(store::Write::Upsert(record)),
             Op::Forget(task_id) => Some(store::Write::Forget(task_id)),
+            Op::Delivered(receipt) => Some(store::Write::Delivered(receipt)),
             _ => None,
         })
     }
@@ -129,7 +131,7 @@ impl Pending {
             match op {
                 Op::Write(record) => stream.send(record.status),
                 Op::Relay(status) => stream.send(*status),
-                Op::Forget(_) => {}
+                Op::Forget(_) | Op::Delivered(_) => {}
                 Op::StreamTo(to) => *stream = to,
                 Op::Then(step) => (step.0)(),
                 Op::Close(done) => close = Some(done),

@@ -13,7 +13,8 @@
 //! lossless stream carries what the journal committed (a status leaves the
 //! process only once it is on disk); at start, [`TaskTable::restore`] re-fills
 //! the table from what a previous process journaled (`restore`). How changes
-//! leave the table is `stream`; the answers of its operations, `outcomes`.
+//! leave the table, and the receipts of those that reached their destination,
+//! is `stream`; the answers of its operations, `outcomes`.
 //!
 //! A request's reply route (MQTT 5 Response Topic) belongs to its task
 //! here: it is set when the table admits the task, travels on every status
@@ -101,6 +102,10 @@ struct Entry {
     pending: Option<Box<Pending>>,
     /// Why a running task was told to stop; becomes its `error_message`.
     cancel_reason: Option<String>,
+    /// Its final status reached the destination (a sink's receipt). Never
+    /// true for another status: a final one does not change again, and a
+    /// restore marks only finals it leaves as they were.
+    delivered: bool,
 }
 
 /// The request of a queued or running task and the token that stops it.
@@ -155,15 +160,6 @@ impl TaskTable {
         // A panic while holding the lock leaves consistent data (every update
         // is a plain field write), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The current status of every held task, oldest first.
-    pub fn statuses(&self) -> Vec<TaskStatus> {
-        let inner = self.lock();
-        let now = Utc::now();
-        let mut entries: Vec<&Entry> = inner.tasks.values().map(Box::as_ref).collect();
-        entries.sort_by_key(|entry| entry.seq);
-        entries.iter().map(|entry| entry.status.at(now)).collect()
     }
 
     /// Accepts a checked request: queues it, or ends it at once when the
@@ -407,6 +403,7 @@ impl Inner {
                 log: VecDeque::new(),
                 pending: pending.map(Box::new),
                 cancel_reason: None,
+                delivered: false,
             }),
         );
     }

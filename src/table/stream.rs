@@ -7,6 +7,10 @@
 //! journal's writer sends each status once it is committed, and subscribing
 //! and closing are handed to the writer in line with the changes, so a
 //! subscriber starts and ends at the same point of the order either way.
+//!
+//! A sink that needs to know what reached its destination reports it back
+//! ([`TaskTable::mark_delivered`]); the receipt is journaled, so that after a
+//! restart [`TaskTable::undelivered_statuses`] names what to send again.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +20,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::view::LiveEvent;
-use super::{Inner, TaskTable};
+use super::{Entry, Inner, TaskTable};
 use crate::journal::{JournalHealth, Record};
 use crate::metrics::Refusal;
 use crate::model::{Delivery, ReplyRoute, TaskState, TaskStatus};
@@ -78,6 +82,44 @@ impl TaskTable {
         inner.in_order(move || stream.close());
     }
 
+    /// The current status of every held task, oldest first.
+    pub fn statuses(&self) -> Vec<TaskStatus> {
+        self.lock().statuses(|_| true)
+    }
+
+    /// Like [`TaskTable::statuses`], without the tasks whose final status
+    /// was delivered ([`TaskTable::mark_delivered`], also before a restart):
+    /// what a sink that reports deliveries must send at start.
+    pub fn undelivered_statuses(&self) -> Vec<TaskStatus> {
+        self.lock().statuses(|entry| !entry.delivered)
+    }
+
+    /// Records that the destination accepted `status`. Only a final status
+    /// counts, and only while it is still the task's status: the task is then
+    /// left out of [`TaskTable::undelivered_statuses`], across restarts
+    /// (journaled with the other changes; this never waits). Other statuses
+    /// are ignored: after a restart, an unfinished task's status changes
+    /// anyway and must be sent again.
+    pub fn mark_delivered(&self, status: &TaskStatus) {
+        if !status.state.is_final() {
+            return;
+        }
+        let mut inner = self.lock();
+        let Some(entry) = inner.tasks.get_mut(&status.task_id) else {
+            return;
+        };
+        // A final status is told apart from another of the same task (one
+        // that left the history and came back) by its completion time.
+        let held = (entry.status.state, entry.status.completed_at);
+        if entry.delivered || held != (status.state, status.completed_at) {
+            return;
+        }
+        entry.delivered = true;
+        if let Some(journal) = &inner.settings.journal {
+            journal.delivered(status);
+        }
+    }
+
     /// Whether the journal can record changes, as it changes (always
     /// writable without a journal). While it cannot, no status leaves and
     /// the worker must not take requests.
@@ -99,6 +141,20 @@ impl TaskTable {
 }
 
 impl Inner {
+    /// The current status of every held task that `keep` keeps, oldest
+    /// first.
+    fn statuses(&self, keep: impl Fn(&Entry) -> bool) -> Vec<TaskStatus> {
+        let now = Utc::now();
+        let mut entries: Vec<&Entry> = self
+            .tasks
+            .values()
+            .map(Box::as_ref)
+            .filter(|entry| keep(entry))
+            .collect();
+        entries.sort_by_key(|entry| entry.seq);
+        entries.iter().map(|entry| entry.status.at(now)).collect()
+    }
+
     /// Runs `step` (a change to the stream's subscribers) after every change
     /// made so far was streamed: at once without a journal, on the journal's
     /// writer in line with the changes otherwise.

@@ -1,5 +1,7 @@
 //! Unit tests of the task table.
 
+mod delivery;
+
 use tokio::sync::mpsc;
 
 use super::*;
