@@ -1,5 +1,9 @@
 //! Unit tests of the task table.
 
+mod delivery;
+
+use tokio::sync::mpsc;
+
 use super::*;
 use crate::journal::Journal;
 
@@ -432,4 +436,23 @@ async fn routes_travel_through_the_journal_but_are_not_written() {
     close(before).await;
     let (_, stored) = journaled_table(dir.path(), 10);
     assert_eq!(stored[0].status.delivery, Delivery::default());
+}
+
+#[tokio::test]
+async fn with_a_journal_a_subscriber_starts_and_ends_in_line_with_the_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, _) = journaled_table(dir.path(), 10);
+    table.submit(spec("before"), None);
+    // Subscribed before "before" was committed, it still starts after it.
+    let mut rx = table.subscribe();
+    table.submit(spec("during"), None);
+    table.close_subscribers();
+    table.submit(spec("after"), None);
+    table.journaled().await;
+    let mut seen = vec![];
+    while let Some(status) = rx.recv().await {
+        seen.push(status.task_id);
+    }
+    assert_eq!(seen, ["during"]);
+    close(table).await;
 }
