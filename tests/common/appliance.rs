@@ -121,6 +121,7 @@ pub fn with_broker_logins(config: &str, more_users: &str) -> String {
 }
 
 pub fn replace_present(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "{from:?} is not in the config");
+    // Once: a second copy (another section's example) would be changed too.
+    assert_eq!(text.matches(from).count(), 1, "{from:?} is not in the config once");
     text.replace(from, to)
 }

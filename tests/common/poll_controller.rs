@@ -200,6 +200,11 @@ impl PollController {
         self.lock().post_answers.extend(codes);
     }
 
+    /// Takes status posts again (204): forgets the error answers still due.
+    pub fn accept_posts(&self) {
+        self.lock().post_answers.clear();
+    }
+
     /// Reads what the controller saw.
     pub fn seen<T>(&self, read: impl FnOnce(&Seen) -> T) -> T {
         read(&self.lock())
