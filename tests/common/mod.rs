@@ -17,6 +17,7 @@
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
 //! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
+//! - `rest_controller`: the example REST controller of the HTTP transport;
 //! - `schema`: the JSON Schemas of `docs/schema/`, which every status document
 //!   the observer or the HTTP client receives must pass;
 //! - `tmpfs`: a small file system mounted for one test, to fill and free;
@@ -40,6 +41,7 @@ mod procs;
 mod prometheus;
 mod raw_mqtt;
 mod recorder;
+mod rest_controller;
 mod schema;
 mod sse;
 mod tls;
@@ -55,8 +57,8 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, controller::*, docker::*, ejabberd::*, http::*, ledger::*,
-    mosquitto::*, observer::*, procs::*, prometheus::*, raw_mqtt::*, recorder::*, schema::*,
-    sse::*, tls::*, tmpfs::*, worker::*,
+    mosquitto::*, observer::*, procs::*, prometheus::*, raw_mqtt::*, recorder::*,
+    rest_controller::*, schema::*, sse::*, tls::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
