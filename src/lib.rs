@@ -15,6 +15,8 @@
 //!   status sink), and how any transport admits a request.
 //! - [`mqtt`]: the MQTT transport: the broker connection, the status
 //!   publisher, the run events topic and presence.
+//! - [`poll`]: the HTTP polling transport: requests from a controller's
+//!   REST endpoint, statuses posted back.
 //! - [`broker`]: the optional embedded MQTT broker (rumqttd).
 //! - [`http`]: dashboard, JSON API, live events, health and metrics.
 //! - [`submit`]: controller-side commands (`submit`, `cancel`) that talk to a
@@ -32,6 +34,7 @@ pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
+pub mod poll;
 pub mod pool;
 pub mod run;
 pub mod submit;

@@ -136,6 +136,59 @@ fn validate_lists_a_wrong_type_an_unknown_key_and_a_missing_directory_at_once() 
 }
 
 #[test]
+fn validate_lists_every_poll_problem_at_once_without_its_secrets() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("http.toml");
+    std::fs::write(
+        &config,
+        r#"transport = "http"
+[worker]
+group_name = "g"
+worker_id = "w"
+playbook_directory = "."
+[poll]
+base_url = "https://ops:s3cret-in-url@controller.example?x=1"
+interval = 0
+timeout = 5
+bearer_token = "${POLL_TOKEN}"
+username = "ops"
+tls_client_cert = "worker.pem"
+[broker]
+enabled = true
+"#,
+    )
+    .unwrap();
+    let env = [("POLL_TOKEN", "s3cret-token")];
+    let (code, stdout, stderr) =
+        worker_in(None, &env, &["-c", config.to_str().unwrap(), "--validate"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let problems: Vec<&str> = stderr.lines().skip(1).collect();
+    let worker_pem = dir.path().join("worker.pem");
+    assert_eq!(
+        problems,
+        [
+            "broker.enabled: the embedded broker serves only transport = \"mqtt\"; \
+             turn it off with transport = \"http\"",
+            "poll.base_url: must not carry a user name or password; \
+             set poll.username and poll.password",
+            "poll.base_url: must not have a query ('?'): /tasks is appended to it",
+            "poll.interval: must be at least 1",
+            "poll.connect_timeout: must be at most poll.timeout (5)",
+            "poll.bearer_token: cannot be combined with poll.username and poll.password: \
+             choose one kind of auth",
+            &format!(
+                "poll.tls_client_cert: {} does not exist",
+                worker_pem.display()
+            ),
+            "poll.tls_client_key: is required with poll.tls_client_cert",
+        ],
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+#[test]
 fn validate_with_a_command_is_a_usage_error_and_runs_nothing() {
     let (code, stdout, stderr) = worker(&["--validate", "print-config"]);
     assert_eq!(code, 2, "{stderr}");

@@ -3,7 +3,8 @@
 //! collecting every broken rule (each naming its key) instead of stopping at
 //! the first.
 //!
-//! The `[broker]` and `[http]` sections are checked in `listeners`.
+//! The `[broker]` and `[http]` sections are checked in `listeners`;
+//! `transport` and `[poll]` in `poll`.
 //!
 //! It reads file metadata (does a path exist, is it a directory) and the
 //! hostname, but creates nothing and looks nothing up on `PATH`.
@@ -66,6 +67,8 @@ impl RawConfig {
         let broker = c.broker(self.broker);
         let mqtt = c.mqtt(self.mqtt, &broker);
         let http = c.http(self.http, &broker);
+        let transport = c.transport(self.transport);
+        let poll = c.poll(transport, self.poll, &broker);
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -75,8 +78,8 @@ impl RawConfig {
             mqtt,
             broker,
             http,
-            transport: super::Transport::Mqtt,
-            poll: None,
+            transport: transport.unwrap_or_default(),
+            poll,
         })
     }
 }
@@ -103,7 +106,12 @@ impl Checker<'_> {
         }
     }
 
-    fn required(&mut self, key: &str, value: Option<String>) -> Option<String> {
+    /// Whether `key` was reported by an earlier stage and left out.
+    pub(super) fn was_dropped(&self, key: &str) -> bool {
+        self.dropped.iter().any(|dropped| dropped == key)
+    }
+
+    pub(super) fn required(&mut self, key: &str, value: Option<String>) -> Option<String> {
         if value.is_none() {
             self.invalid(key, "is required");
         }
@@ -163,7 +171,7 @@ impl Checker<'_> {
     }
 
     /// Resolves `path` and checks it names an existing directory (or file).
-    fn existing(&mut self, key: &str, path: &str, want_dir: bool) -> PathBuf {
+    pub(super) fn existing(&mut self, key: &str, path: &str, want_dir: bool) -> PathBuf {
         let resolved = self.resolve(path);
         let shown = resolved.display();
         match fs::metadata(&resolved) {
@@ -346,24 +354,7 @@ impl Checker<'_> {
                 None
             }
         });
-        let client_auth = match (cert, key) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (Some(_), None) => {
-                self.invalid(
-                    "mqtt.tls_client_key",
-                    "is required with mqtt.tls_client_cert",
-                );
-                None
-            }
-            (None, Some(_)) => {
-                self.invalid(
-                    "mqtt.tls_client_cert",
-                    "is required with mqtt.tls_client_key",
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let client_auth = self.client_auth("mqtt", cert, key);
         let tls = tls_enabled.then_some(TlsConfig {
             ca_cert,
             client_auth,
@@ -384,6 +375,32 @@ impl Checker<'_> {
             keepalive,
             session_expiry,
             tls,
+        }
+    }
+
+    /// `<section>.tls_client_cert` and `<section>.tls_client_key`: both or
+    /// neither.
+    pub(super) fn client_auth(
+        &mut self,
+        section: &str,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Option<(PathBuf, PathBuf)> {
+        let (cert_key, key_key) = (
+            format!("{section}.tls_client_cert"),
+            format!("{section}.tls_client_key"),
+        );
+        match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (Some(_), None) => {
+                self.invalid(&key_key, format!("is required with {cert_key}"));
+                None
+            }
+            (None, Some(_)) => {
+                self.invalid(&cert_key, format!("is required with {key_key}"));
+                None
+            }
+            (None, None) => None,
         }
     }
 

@@ -26,6 +26,7 @@
 mod check;
 mod env;
 mod listeners;
+mod poll;
 mod raw;
 mod shape;
 #[cfg(test)]

@@ -13,10 +13,14 @@ use serde::Deserialize;
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub(super) log_level: Option<String>,
+    pub(super) transport: Option<String>,
     pub(super) worker: RawWorker,
     pub(super) mqtt: RawMqtt,
     pub(super) broker: RawBroker,
     pub(super) http: RawHttp,
+    /// `None` when the file has no `[poll]` table (allowed only then with
+    /// `transport = "mqtt"`).
+    pub(super) poll: Option<RawPoll>,
 }
 
 /// `[worker]`.
@@ -81,4 +85,30 @@ pub(super) struct RawHttp {
     pub(super) token: Option<String>,
     pub(super) token_for_reads: Option<bool>,
     pub(super) allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[poll]`.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawPoll {
+    pub(super) base_url: Option<String>,
+    pub(super) interval: Option<u64>,
+    pub(super) timeout: Option<u64>,
+    pub(super) connect_timeout: Option<u64>,
+    pub(super) bearer_token: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) tls_ca_cert: Option<String>,
+    pub(super) tls_client_cert: Option<String>,
+    pub(super) tls_client_key: Option<String>,
+    pub(super) tls_insecure: Option<bool>,
+}
+
+/// Whether the value at dotted `key` is a password or token, whose value no
+/// error message may show (not even one of the wrong type).
+pub(super) fn is_secret(key: &str) -> bool {
+    matches!(
+        key,
+        "mqtt.password" | "http.token" | "poll.bearer_token" | "poll.password"
+    ) || key.starts_with("broker.users.")
 }

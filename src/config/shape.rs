@@ -12,7 +12,7 @@
 use serde_path_to_error::Segment;
 
 use super::ConfigError;
-use super::raw::RawConfig;
+use super::raw::{RawConfig, is_secret};
 
 /// [`RawConfig`] from `value`, with every unknown key and wrongly typed value
 /// reported into `errors` and left out. `None` only if a problem could not be
@@ -47,10 +47,16 @@ pub(super) fn deserialize(
                     message,
                 }
             }
-            None => ConfigError::Shape {
-                key: error.path().to_string(),
-                message: without_type_names(message),
-            },
+            None => {
+                let key = error.path().to_string();
+                let message = without_type_names(message);
+                let message = if is_secret(&key) {
+                    without_value(&message)
+                } else {
+                    message
+                };
+                ConfigError::Shape { key, message }
+            }
         };
         errors.push(shape);
         if !remove(&mut value, &path) {
@@ -86,6 +92,19 @@ fn without_type_names(message: &str) -> String {
             format!("{before}a table{rest}")
         }
         None => message.to_owned(),
+    }
+}
+
+/// `message` without the value it quotes ("invalid type: integer `7`,
+/// expected a string" → "invalid type: integer, expected a string"), for a
+/// password or token given with the wrong type: serde quotes what it found.
+fn without_value(message: &str) -> String {
+    match message.split_once(", expected") {
+        Some((found, expected)) => {
+            let kind = found.split(['`', '"']).next().unwrap_or(found).trim_end();
+            format!("{kind}, expected{expected}")
+        }
+        None => "has the wrong type (the value is not shown)".to_owned(),
     }
 }
 
@@ -204,6 +223,26 @@ mod tests {
             Some(("x", vec![]))
         );
         assert_eq!(unknown_key("invalid type: string \"2\""), None);
+    }
+
+    #[test]
+    fn the_value_of_a_secret_is_left_out_of_a_type_error() {
+        assert_eq!(
+            without_value("invalid type: integer `7`, expected a string"),
+            "invalid type: integer, expected a string"
+        );
+        assert_eq!(
+            without_value("invalid type: floating point `1.5`, expected a string"),
+            "invalid type: floating point, expected a string"
+        );
+        assert_eq!(
+            without_value("invalid type: sequence, expected a string"),
+            "invalid type: sequence, expected a string"
+        );
+        assert_eq!(
+            without_value("something `hunter2`"),
+            "has the wrong type (the value is not shown)"
+        );
     }
 
     #[test]

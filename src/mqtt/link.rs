@@ -1,8 +1,8 @@
 //! What the broker grants one connection, and when to try again: the
 //! SUBSCRIBE each connection sends ([`Subscription`]) and what its SUBACK
 //! granted, whether the broker can share a group at all ([`Sharing`], from
-//! CONNACK's *Shared Subscription Available*), and the reconnect delay
-//! ([`Backoff`]). Pure decisions and the log lines a user acts on; sending
+//! CONNACK's *Shared Subscription Available*), and when the reconnect
+//! backoff ([`Backoff`]) starts over. Pure decisions and the log lines a user acts on; sending
 //! and the event loop stay in `client.rs`.
 //!
 //! A connection that the broker accepts but whose subscription it refuses
@@ -11,13 +11,14 @@
 //! reconnect loop: the backoff goes back to its first step only after a
 //! connection was granted the tasks filter and held it for a while.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, SubAck, SubscribeReasonCode};
 
 use super::topics::Topics;
+pub use crate::transport::backoff::Backoff;
 
 /// How long a connection must have held its tasks subscription before its
 /// loss starts the backoff from the first step again. Long enough that a
@@ -25,53 +26,6 @@ use super::topics::Topics;
 /// growing delay, short enough that an ordinary broker restart after a
 /// healthy stretch is retried quickly.
 pub const HELD: Duration = Duration::from_secs(10);
-
-/// Exponential backoff with jitter between reconnect attempts. A successful
-/// CONNACK alone does not reset it: only a connection that was granted the
-/// tasks subscription and kept it for `held` does.
-#[derive(Debug)]
-pub struct Backoff {
-    initial: Duration,
-    cap: Duration,
-    held: Duration,
-    attempt: u32,
-    serving_since: Option<Instant>,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubles up to `cap`, and starts over after a
-    /// connection served for `held`.
-    pub fn new(initial: Duration, cap: Duration, held: Duration) -> Self {
-        Backoff {
-            initial,
-            cap,
-            held,
-            attempt: 0,
-            serving_since: None,
-        }
-    }
-
-    /// The current connection was granted the tasks subscription at `now`.
-    pub fn serving(&mut self, now: Instant) {
-        self.serving_since.get_or_insert(now);
-    }
-
-    /// The connection (or the attempt) failed at `now`: the delay before the
-    /// next attempt, the doubled base, capped, scaled by a random 50–100 %.
-    pub fn next_delay(&mut self, now: Instant) -> Duration {
-        if let Some(since) = self.serving_since.take()
-            && now.saturating_duration_since(since) >= self.held
-        {
-            self.attempt = 0;
-        }
-        let base = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(self.attempt))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        base.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-}
 
 /// What the broker said in its CONNACK about shared subscriptions:
 /// `Some(false)` for none, `Some(true)` for available, `None` when it did
@@ -249,6 +203,7 @@ fn meaning(code: &SubscribeReasonCode) -> &'static str {
 mod tests {
     use super::*;
     use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, ConnectReturnCode, SubAckProperties};
+    use std::time::Instant;
 
     fn backoff() -> Backoff {
         Backoff::new(

@@ -17,6 +17,8 @@
 //! [`admit`] (intake rules, then the table), and [`cancel_reason`] reads a
 //! cancel body.
 
+pub mod backoff;
+
 use std::future::Future;
 use std::pin::Pin;
 
