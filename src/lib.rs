@@ -15,8 +15,9 @@
 //!   status sink), and how any transport admits a request.
 //! - [`mqtt`]: the MQTT transport: the broker connection, the status
 //!   publisher, the run events topic and presence.
-//! - [`poll`]: the HTTP polling transport: requests from a controller's
-//!   REST endpoint, statuses posted back.
+//! - [`poll`]: the HTTP polling transport: the poll loop and the status
+//!   poster of a controller that speaks REST. `run` starts the one
+//!   `transport` names (`side`).
 //! - [`broker`]: the optional embedded MQTT broker (rumqttd).
 //! - [`http`]: dashboard, JSON API, live events, health and metrics.
 //! - [`submit`]: controller-side commands (`submit`, `cancel`) that talk to a
@@ -41,6 +42,8 @@ pub mod submit;
 pub mod table;
 pub mod transport;
 
+mod side;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,8 +53,8 @@ use tokio_util::task::TaskTracker;
 use config::Config;
 use journal::Journal;
 use metrics::Metrics;
-use mqtt::MqttSide;
 use run::{PlaybookRunner, RunSettings};
+use side::Side;
 use table::{TableSettings, TaskTable};
 
 /// Time allowed, beyond `kill_grace`, for runs, final statuses and the
@@ -82,6 +85,9 @@ pub enum StartError {
     /// The MQTT client could not be configured.
     #[error(transparent)]
     Mqtt(#[from] mqtt::options::ClientError),
+    /// The HTTP polling client could not be configured.
+    #[error(transparent)]
+    Poll(#[from] poll::PollError),
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
@@ -100,10 +106,7 @@ pub enum StartError {
 /// disconnects.
 pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
-    // What the dashboard names: the address clients use, not the worker's
-    // private way in.
-    let (host, port) = config.mqtt.effective_host(&config.broker);
-    let shown_broker = format!("{host}:{port}");
+    let shown_source = side::shown_source(&config);
     let mut embedded = None;
     if config.broker.enabled {
         let topics = mqtt::topics::Topics::of(&config.worker);
@@ -165,17 +168,17 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         );
     }
     table.journaled().await;
-    // The one intake policy of MQTT and HTTP requests.
+    // The one intake policy of every transport's and the API's requests.
     let policy = intake::IntakePolicy::of(worker);
-    let mut mqtt = MqttSide::start(&config, &table, policy.clone())?;
-    let source = mqtt.source();
-    let sink = mqtt.sink().expect("the status sink is taken once");
+    let mut side = Side::start(&config, &table, policy.clone())?;
+    let source = side.source();
+    let sink = side.sink().expect("the status sink is taken once");
     let statuses = tokio::spawn(sink.deliver(table.statuses(), table.subscribe()));
     let http = match config.http.enabled {
         true => Some(
             start_http(
                 &config,
-                shown_broker,
+                shown_source,
                 &table,
                 source.clone(),
                 policy.clone(),
@@ -191,7 +194,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         table.clone(),
         runner,
         worker.concurrency,
-        mqtt.event_sink(),
+        side.event_sink(),
         stop_pool.clone(),
         runs.clone(),
     ));
@@ -202,7 +205,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         .ask_installed_ansible(&worker.ansible_playbook_path, &worker.playbook_directory);
     tracing::info!(
         worker_id = %worker.worker_id,
-        filter = %mqtt.topics().tasks_filter(),
+        tasks = %side.tasks_from(),
         concurrency = worker.concurrency,
         "worker started"
     );
@@ -227,7 +230,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     {
         tracing::error!("final statuses could not all be handed on");
     }
-    mqtt.finish(SHUTDOWN_MARGIN).await;
+    side.finish(SHUTDOWN_MARGIN).await;
     if let Some(broker) = &embedded {
         broker.drain(BROKER_DRAIN_QUIET, SHUTDOWN_MARGIN).await;
     }

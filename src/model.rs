@@ -6,7 +6,7 @@
 
 mod event;
 
-pub use event::{EventSink, ResultStatus, RunEvent, event_payload};
+pub use event::{EventSink, NoEvents, ResultStatus, RunEvent, event_payload};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -235,11 +235,23 @@ pub async fn cancel(config_path: &Path, args: &CancelArgs) -> Result<Outcome, Su
     Ok(Outcome::Accepted)
 }
 
+/// The worker's config, which must use the MQTT transport: with
+/// `transport = "http"` there is no group to publish to.
 fn load_config(path: &Path) -> Result<Config, SubmitError> {
-    Config::load(path).map_err(|errors| SubmitError::Config {
+    let config = Config::load(path).map_err(|errors| SubmitError::Config {
         path: path.to_owned(),
         errors,
-    })
+    })?;
+    if let Some(poll) = &config.poll {
+        return Err(SubmitError::Usage(format!(
+            "{}: transport = \"http\": these workers take their tasks from the controller \
+             at {}; submit and cancel there, or through a worker's own API \
+             (POST /api/tasks, POST /api/tasks/<task_id>/cancel)",
+            path.display(),
+            poll.base_url
+        )));
+    }
+    Ok(config)
 }
 
 /// The group's topics; the controller needs no worker id.
@@ -282,6 +294,28 @@ mod tests {
         assert!(text.contains("bad.toml: invalid configuration"), "{text}");
         assert!(text.contains("worker.group_name"), "{text}");
         assert!(text.contains("worker.playbook_directory"), "{text}");
+        assert_eq!(error.exit_code(), EXIT_ERROR);
+    }
+
+    #[test]
+    fn a_polling_workers_config_points_to_its_controller() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::create_dir(dir.path().join("playbooks")).unwrap();
+        let path = dir.path().join("poll.toml");
+        std::fs::write(
+            &path,
+            "transport = \"http\"\n[worker]\ngroup_name = \"g\"\n\
+             playbook_directory = \"playbooks\"\n\
+             [poll]\nbase_url = \"http://controller.example:8000/api\"\n",
+        )
+        .unwrap();
+        let error = load_config(&path).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("transport = \"http\""), "{text}");
+        assert!(
+            text.contains("http://controller.example:8000/api"),
+            "{text}"
+        );
         assert_eq!(error.exit_code(), EXIT_ERROR);
     }
 

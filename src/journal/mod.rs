@@ -6,10 +6,15 @@
 //! The task table hands each change to the journal as it happens; a dedicated
 //! thread writes whatever has accumulated in one transaction (so a burst of
 //! changes costs one commit, and nothing blocks the async runtime), then
-//! forwards the committed statuses, in order, to its subscribers: the MQTT
-//! status publisher. A status therefore leaves the process only once it is on
-//! disk. [`Journal::flushed`] resolves once everything handed over before it
-//! is committed; the MQTT side acknowledges a task request only then.
+//! streams the committed statuses, in order, to the table's
+//! [`ChangeStream`] (whose subscriber is the transport's status sink). A
+//! status therefore leaves the process only once it is on disk.
+//! [`Journal::flushed`] resolves once everything handed over before it is
+//! committed; the MQTT side acknowledges a task request only then.
+//!
+//! A task's row also says whether its final status was delivered (a sink's
+//! receipt, [`Journal::delivered`]); any newer status of the task clears
+//! that, so a restart knows what to send again.
 //!
 //! A commit that fails (the state dir's file system is full, say) is held and
 //! retried until it succeeds (`writer`): no status of it leaves the process
@@ -37,9 +42,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use crate::model::{TaskSpec, TaskStatus};
+use crate::model::{TaskSpec, TaskState, TaskStatus};
+use crate::table::ChangeStream;
 use crate::table::view::RequestSummary;
 
 /// File name of the journal inside `worker.state_dir`.
@@ -99,17 +105,39 @@ pub struct StoredTask {
     pub spec: Option<Result<TaskSpec, String>>,
     /// What was asked for.
     pub request: Option<RequestSummary>,
+    /// Its final status was delivered (never true for another status).
+    pub delivered: bool,
+}
+
+/// A final status its destination accepted, as the journal checks it
+/// against the row.
+#[derive(Debug)]
+struct Receipt {
+    task_id: String,
+    state: TaskState,
+    /// As the status document has it (RFC 3339, milliseconds).
+    completed_at: String,
+}
+
+/// Something to do on the writer thread once everything handed over before
+/// it is committed and streamed.
+struct Step(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Step")
+    }
 }
 
 #[derive(Debug)]
 enum Op {
     Write(Box<Record>),
-    /// Forward only: a status that did not change (a re-published duplicate).
+    /// Stream only: a status that did not change (a re-published duplicate).
     Relay(Box<TaskStatus>),
     Forget(String),
-    Flush(oneshot::Sender<()>),
-    Subscribe(mpsc::UnboundedSender<TaskStatus>),
-    CloseSubscribers,
+    Delivered(Box<Receipt>),
+    StreamTo(ChangeStream),
+    Then(Step),
     Close(oneshot::Sender<()>),
 }
 
@@ -148,15 +176,35 @@ impl Journal {
         Ok((Journal { ops, health }, stored))
     }
 
+    /// Committed statuses go to `stream` from here on (the table's; set
+    /// when the table is made, before any change).
+    pub fn stream_to(&self, stream: ChangeStream) {
+        self.send(Op::StreamTo(stream));
+    }
+
     /// Records a change; it is committed with the next batch and then
-    /// forwarded to the subscribers.
+    /// streamed.
     pub fn record(&self, record: Record) {
         self.send(Op::Write(Box::new(record)));
     }
 
-    /// Forwards a status to the subscribers in order, without writing it.
+    /// Streams a status in order, without writing it.
     pub fn relay(&self, status: TaskStatus) {
         self.send(Op::Relay(Box::new(status)));
+    }
+
+    /// Records that the final `status` was delivered, with the next batch;
+    /// only if the task's row still holds that status (same state and
+    /// completion time). A status that is not final is ignored.
+    pub fn delivered(&self, status: &TaskStatus) {
+        let Some(completed_at) = status.completed_at.filter(|_| status.state.is_final()) else {
+            return;
+        };
+        self.send(Op::Delivered(Box::new(Receipt {
+            task_id: status.task_id.clone(),
+            state: status.state,
+            completed_at: completed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })));
     }
 
     /// Deletes a task's record (it left the history).
@@ -168,27 +216,26 @@ impl Journal {
     /// (while commits fail, that waits; at shutdown it resolves either way).
     pub fn flushed(&self) -> impl Future<Output = ()> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        self.send(Op::Flush(tx));
+        self.then(move || {
+            let _ = tx.send(());
+        });
         async move {
+            // Also resolves when the step is dropped, never run.
             let _ = rx.await;
         }
+    }
+
+    /// Runs `step` on the writer thread once every change handed over
+    /// before this call is committed and streamed (not at all if the
+    /// journal stops first): how the table subscribes to and closes its
+    /// stream in line with its changes.
+    pub fn then(&self, step: impl FnOnce() + Send + 'static) {
+        self.send(Op::Then(Step(Box::new(step))));
     }
 
     /// Whether commits succeed, as it changes.
     pub fn health(&self) -> watch::Receiver<JournalHealth> {
         self.health.clone()
-    }
-
-    /// Every committed status from now on, in order.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<TaskStatus> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.send(Op::Subscribe(tx));
-        rx
-    }
-
-    /// Ends the subscribers' streams after what was handed over so far.
-    pub fn close_subscribers(&self) {
-        self.send(Op::CloseSubscribers);
     }
 
     /// Commits what is pending and stops the writer thread (giving up on

@@ -1,8 +1,9 @@
 //! The SQLite side of the journal: opening (WAL, schema), loading what a
 //! previous process left, and applying one batch of writes in a transaction.
 //!
-//! One row per task holds its newest status document, its request summary
-//! and, while the task is queued or running, the checked request itself (so a
+//! One row per task holds its newest status document, its request summary,
+//! whether that status was delivered (only ever set for a final one) and,
+//! while the task is queued or running, the checked request itself (so a
 //! queued task can run after a restart). The request, which may carry
 //! secrets in `extra_vars`, is dropped from the row once the task is final,
 //! and `secure_delete` makes SQLite overwrite the bytes it frees (in the page
@@ -14,33 +15,44 @@ use std::path::Path;
 
 use rusqlite::{Connection, params};
 
-use super::{JournalError, Record, StoredTask};
+use super::{JournalError, Receipt, Record, StoredTask};
 use crate::model::TaskSpec;
 
-/// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version kept in `PRAGMA user_version`: 1 had no `delivered`.
+const SCHEMA_VERSION: i64 = 2;
 
+/// The schema of a new file.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY NOT NULL,
-    seq     INTEGER NOT NULL,
-    state   TEXT NOT NULL,
-    status  TEXT NOT NULL,
-    spec    TEXT,
-    request TEXT
+    task_id   TEXT PRIMARY KEY NOT NULL,
+    seq       INTEGER NOT NULL,
+    state     TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    spec      TEXT,
+    request   TEXT,
+    delivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_seq ON tasks(seq);
 ";
 
+/// A new status is not delivered yet, whatever the one before was.
 const UPSERT: &str = "
-INSERT INTO tasks (task_id, seq, state, status, spec, request)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+INSERT INTO tasks (task_id, seq, state, status, spec, request, delivered)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)
 ON CONFLICT (task_id) DO UPDATE SET
     seq = excluded.seq,
     state = excluded.state,
     status = excluded.status,
     spec = CASE WHEN ?7 THEN NULL ELSE coalesce(excluded.spec, tasks.spec) END,
-    request = coalesce(excluded.request, tasks.request)
+    request = coalesce(excluded.request, tasks.request),
+    delivered = 0
+";
+
+/// A receipt marks the row only while it holds the status received: an old
+/// receipt never marks a newer status.
+const MARK_DELIVERED: &str = "
+UPDATE tasks SET delivered = 1
+WHERE task_id = ?1 AND state = ?2 AND json_extract(status, '$.completed_at') = ?3
 ";
 
 /// Opens (creating if needed) the journal file and checks that it is one.
@@ -76,9 +88,10 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         conn.query_row("PRAGMA user_version", [], |row| row.get(0))
     };
     match setup(&conn) {
-        Ok(0) => conn
-            .pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(|e| fail(e.to_string()))?,
+        // A new file (`SCHEMA` made the current table), or one of schema 1.
+        Ok(version @ (0 | 1)) => {
+            upgrade(&conn).map_err(|e| fail(format!("cannot upgrade schema {version}: {e}")))?
+        }
         Ok(SCHEMA_VERSION) => {}
         Ok(other) => {
             return Err(fail(format!(
@@ -88,6 +101,23 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         Err(e) => return Err(fail(e.to_string())),
     }
     Ok(conn)
+}
+
+/// Brings the file to [`SCHEMA_VERSION`] in one transaction. Schema 1 had
+/// no `delivered`: nothing in it is known to be delivered, so every final
+/// status is sent again once.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    let has_delivered: bool = tx.query_row(
+        "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'delivered'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_delivered {
+        tx.execute_batch("ALTER TABLE tasks ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0")?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
 }
 
 /// A second connection for checkpoints. It never waits for the writer
@@ -133,7 +163,7 @@ pub(super) fn load(conn: &Connection, path: &Path) -> Result<Vec<StoredTask>, Jo
         reason,
     };
     let mut statement = conn
-        .prepare("SELECT task_id, seq, status, spec, request FROM tasks ORDER BY seq")
+        .prepare("SELECT task_id, seq, status, spec, request, delivered FROM tasks ORDER BY seq")
         .map_err(|e| fail(e.to_string()))?;
     let rows = statement
         .query_map([], |row| {
@@ -143,12 +173,14 @@ pub(super) fn load(conn: &Connection, path: &Path) -> Result<Vec<StoredTask>, Jo
                 row.get::<_, String>(2)?,
                 row.get::<_, Option<String>>(3)?,
                 row.get::<_, Option<String>>(4)?,
+                row.get::<_, bool>(5)?,
             ))
         })
         .map_err(|e| fail(e.to_string()))?;
     let mut tasks = Vec::new();
     for row in rows {
-        let (task_id, seq, status, spec, request) = row.map_err(|e| fail(e.to_string()))?;
+        let (task_id, seq, status, spec, request, delivered) =
+            row.map_err(|e| fail(e.to_string()))?;
         let status = serde_json::from_str(&status)
             .map_err(|e| fail(format!("task {task_id}: unreadable status: {e}")))?;
         // A request this version cannot read is reported to the table, which
@@ -162,6 +194,7 @@ pub(super) fn load(conn: &Connection, path: &Path) -> Result<Vec<StoredTask>, Jo
             status,
             spec,
             request,
+            delivered,
         });
     }
     Ok(tasks)
@@ -173,6 +206,8 @@ pub(super) enum Write<'a> {
     Upsert(&'a Record),
     /// Delete a task's row (it left the table's history).
     Forget(&'a str),
+    /// Mark a task's final status delivered.
+    Delivered(&'a Receipt),
 }
 
 /// Applies `writes` in one transaction.
@@ -184,6 +219,7 @@ pub(super) fn apply<'a>(
     {
         let mut upsert = tx.prepare_cached(UPSERT)?;
         let mut forget = tx.prepare_cached("DELETE FROM tasks WHERE task_id = ?1")?;
+        let mut delivered = tx.prepare_cached(MARK_DELIVERED)?;
         for write in writes {
             match write {
                 Write::Upsert(record) => {
@@ -216,6 +252,13 @@ pub(super) fn apply<'a>(
                 Write::Forget(task_id) => {
                     forget.execute(params![task_id])?;
                 }
+                Write::Delivered(receipt) => {
+                    delivered.execute(params![
+                        receipt.task_id,
+                        receipt.state.as_str(),
+                        receipt.completed_at,
+                    ])?;
+                }
             }
         }
     }
@@ -230,6 +273,19 @@ pub(super) fn state_of(conn: &Connection, task_id: &str) -> Option<(String, bool
         "SELECT state, spec IS NOT NULL FROM tasks WHERE task_id = ?1",
         params![task_id],
         |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .unwrap()
+}
+
+/// Whether a task's row is marked delivered, for tests.
+#[cfg(test)]
+pub(super) fn delivered_of(conn: &Connection, task_id: &str) -> Option<bool> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT delivered FROM tasks WHERE task_id = ?1",
+        params![task_id],
+        |row| row.get(0),
     )
     .optional()
     .unwrap()

@@ -1,9 +1,24 @@
 //! Unit tests of the journal against real SQLite files in temp dirs.
 
+mod delivery;
+
 use std::path::PathBuf;
+
+use tokio::sync::mpsc;
 
 use super::*;
 use crate::model::{Inventory, TaskState};
+
+/// The journal streams what it commits to a new stream; its first
+/// subscriber's end.
+fn subscribe(journal: &Journal) -> (ChangeStream, mpsc::UnboundedReceiver<TaskStatus>) {
+    let stream = ChangeStream::default();
+    journal.stream_to(stream.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let adding = stream.clone();
+    journal.then(move || adding.add(tx));
+    (stream, rx)
+}
 
 fn spec(id: &str) -> TaskSpec {
     let mut spec = TaskSpec::with_defaults(
@@ -84,7 +99,7 @@ async fn subscribers_get_changes_in_order_once_committed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(JOURNAL_FILE);
     let (journal, _) = Journal::open(&path).unwrap();
-    let mut changes = journal.subscribe();
+    let (stream, mut changes) = subscribe(&journal);
     journal.record(record(1, "a", TaskState::Queued));
     journal.relay(TaskStatus::new("a", "w", TaskState::Queued));
     journal.record(record(1, "a", TaskState::Running));
@@ -99,7 +114,7 @@ async fn subscribers_get_changes_in_order_once_committed() {
     }
     use TaskState::*;
     assert_eq!(seen, [Queued, Queued, Running]);
-    journal.close_subscribers();
+    journal.then(move || stream.close());
     journal.flushed().await;
     assert!(changes.recv().await.is_none());
 }
@@ -148,7 +163,7 @@ async fn a_failed_commit_holds_its_statuses_and_flushes_until_a_retry_succeeds()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(JOURNAL_FILE);
     let (journal, _) = Journal::open(&path).unwrap();
-    let mut changes = journal.subscribe();
+    let (_stream, mut changes) = subscribe(&journal);
     let mut health = journal.health();
     journal.record(record(1, "a", TaskState::Queued));
     journal.flushed().await;
@@ -201,7 +216,7 @@ async fn closing_while_commits_fail_publishes_nothing_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(JOURNAL_FILE);
     let (journal, _) = Journal::open(&path).unwrap();
-    let mut changes = journal.subscribe();
+    let (_stream, mut changes) = subscribe(&journal);
     journal.record(record(1, "a", TaskState::Queued));
     journal.flushed().await;
     let other = rusqlite::Connection::open(&path).unwrap();

@@ -1,5 +1,5 @@
 //! The journal's two threads: the writer, which commits the changes the table
-//! hands over and only then forwards them, and the checkpointer, which copies
+//! hands over and only then streams them, and the checkpointer, which copies
 //! the WAL into the database file and cuts the WAL back to nothing soon after
 //! a request was cleared.
 //!
@@ -7,7 +7,7 @@
 //! process: the changes are held, in order, and retried with a capped
 //! backoff while new ones queue up behind them; flush waiters (the MQTT
 //! acknowledgements) keep waiting; the health watch says why. Once a commit
-//! succeeds, everything held is forwarded in order. While held, a running
+//! succeeds, everything held is streamed in order. While held, a running
 //! task's progress update replaces its previous one, so what waits in memory
 //! is about one entry per state change of the tasks the table holds, however
 //! long the failure lasts.
@@ -17,10 +17,11 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::{JournalHealth, Op, store};
-use crate::model::{TaskState, TaskStatus};
+use crate::model::TaskState;
+use crate::table::ChangeStream;
 
 /// Most changes taken from the channel per commit attempt.
 const MAX_BATCH: usize = 4096;
@@ -35,7 +36,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// pays for one, not for one each.
 const TRUNCATE_GAP: Duration = Duration::from_secs(1);
 
-/// Changes taken from the channel and not yet committed and forwarded, in
+/// Changes taken from the channel and not yet committed and streamed, in
 /// the order they were handed over.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -58,6 +59,7 @@ impl Pending {
             Op::Write(record) => Some(record.status.task_id.clone()),
             Op::Relay(status) => Some(status.task_id.clone()),
             Op::Forget(task_id) => Some(task_id.clone()),
+            Op::Delivered(receipt) => Some(receipt.task_id.clone()),
             _ => None,
         };
         let Some(task_id) = task_id else {
@@ -105,6 +107,7 @@ impl Pending {
         self.ops.iter().filter_map(|op| match op {
             Op::Write(record) => Some(store::Write::Upsert(record)),
             Op::Forget(task_id) => Some(store::Write::Forget(task_id)),
+            Op::Delivered(receipt) => Some(store::Write::Delivered(receipt)),
             _ => None,
         })
     }
@@ -119,24 +122,18 @@ impl Pending {
         })
     }
 
-    /// Hands everything on in order, now that it is committed; returns the
-    /// close request, if one came.
-    fn forward(
-        &mut self,
-        subscribers: &mut Vec<mpsc::UnboundedSender<TaskStatus>>,
-    ) -> Option<oneshot::Sender<()>> {
+    /// Hands everything on in order, now that it is committed (statuses to
+    /// `stream`, steps run); returns the close request, if one came.
+    fn forward(&mut self, stream: &mut ChangeStream) -> Option<oneshot::Sender<()>> {
         self.newest.clear();
         let mut close = None;
         for op in self.ops.drain(..) {
             match op {
-                Op::Write(record) => forward(subscribers, record.status),
-                Op::Relay(status) => forward(subscribers, *status),
-                Op::Forget(_) => {}
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Op::Subscribe(subscriber) => subscribers.push(subscriber),
-                Op::CloseSubscribers => subscribers.clear(),
+                Op::Write(record) => stream.send(record.status),
+                Op::Relay(status) => stream.send(*status),
+                Op::Forget(_) | Op::Delivered(_) => {}
+                Op::StreamTo(to) => *stream = to,
+                Op::Then(step) => (step.0)(),
                 Op::Close(done) => close = Some(done),
             }
         }
@@ -154,7 +151,7 @@ impl Pending {
     }
 }
 
-/// The writer thread: commits whatever accumulated, forwards it once
+/// The writer thread: commits whatever accumulated, streams it once
 /// committed, holds and retries it while commits fail. Ends on `close`, or
 /// when every handle is gone.
 pub(super) fn write_loop(
@@ -165,7 +162,8 @@ pub(super) fn write_loop(
     truncate: std_mpsc::SyncSender<()>,
 ) {
     let mut pending = Pending::default();
-    let mut subscribers: Vec<mpsc::UnboundedSender<TaskStatus>> = Vec::new();
+    // Nobody listens until the table hands over its stream.
+    let mut stream = ChangeStream::default();
     let mut retry = RETRY_FIRST;
     let mut handles_gone = false;
     loop {
@@ -221,7 +219,7 @@ pub(super) fn write_loop(
                     // Full means one is asked for already.
                     let _ = truncate.try_send(());
                 }
-                if let Some(done) = pending.forward(&mut subscribers) {
+                if let Some(done) = pending.forward(&mut stream) {
                     let _ = done.send(());
                     return;
                 }
@@ -311,14 +309,4 @@ pub(super) fn checkpoint_loop(conn: &rusqlite::Connection, truncate: &std_mpsc::
             Err(_) => {}
         }
     }
-}
-
-fn forward(subscribers: &mut Vec<mpsc::UnboundedSender<TaskStatus>>, status: TaskStatus) {
-    if let [only] = subscribers.as_slice() {
-        if only.send(status).is_err() {
-            subscribers.clear();
-        }
-        return;
-    }
-    subscribers.retain(|subscriber| subscriber.send(status.clone()).is_ok());
 }

@@ -68,6 +68,15 @@ pub trait EventSink: Send + Sync {
     fn send(&self, task_id: &str, seq: u64, event: &RunEvent);
 }
 
+/// An [`EventSink`] that takes nothing: for a transport without an events
+/// channel (HTTP polling), where the task table's log is the only record.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn send(&self, _task_id: &str, _seq: u64, _event: &RunEvent) {}
+}
+
 /// The message of one event: `{"seq","ts","task_id","worker_id","kind",...}`.
 #[derive(Serialize)]
 struct Message<'a> {

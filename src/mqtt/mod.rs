@@ -1,5 +1,5 @@
 //! The MQTT transport: one client connection (`client`) and its options
-//! (`options`, with the TLS settings in `tls`), the status publisher
+//! (`options`, with the TLS settings of `transport::tls`), the status publisher
 //! (`publisher`, the [`StatusSink`]), the run events publisher (`events`),
 //! the presence document and will (`presence`), what the broker granted and
 //! when to reconnect (`link`), the worker's own API's submits and cancels
@@ -14,7 +14,6 @@ pub mod options;
 pub mod presence;
 pub mod publisher;
 pub mod source;
-pub mod tls;
 pub mod topics;
 pub mod window;
 

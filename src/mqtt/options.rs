@@ -4,11 +4,13 @@
 //! It builds options and clients; it never connects (`client` drives the
 //! connection).
 
-use rumqttc::v5::{AsyncClient, EventLoop, MqttOptions};
-use rumqttc::{NetworkOptions, Transport};
+use std::sync::Arc;
 
-use super::tls::tls_configuration;
+use rumqttc::v5::{AsyncClient, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
+
 use crate::config::Config;
+use crate::transport::tls::{ServerCheck, TlsError, client_config};
 
 /// How many times `worker.max_request_size` the client accepts in one packet:
 /// a request somewhat over the limit must still arrive to be refused with a
@@ -33,31 +35,9 @@ pub enum ClientError {
     /// The connection's thread could not be started.
     #[error("cannot start the MQTT connection thread: {0}")]
     Thread(std::io::Error),
-    /// A TLS file could not be read.
-    #[error("cannot read {path}: {error}")]
-    TlsFile {
-        /// The file.
-        path: String,
-        /// Why.
-        error: std::io::Error,
-    },
-    /// A TLS file holds no usable certificate or key.
-    #[error("{path}: {reason}")]
-    TlsPem {
-        /// The file.
-        path: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The client certificate and key cannot be used together.
-    #[error("mqtt.tls_client_cert and mqtt.tls_client_key: {0}")]
-    ClientCertificate(String),
-    /// Without `mqtt.tls_ca_cert`, the platform's trust store is empty.
-    #[error(
-        "no trusted CA certificates for TLS: set mqtt.tls_ca_cert, or SSL_CERT_FILE \
-         or SSL_CERT_DIR to the platform's bundle ({0})"
-    )]
-    NoTrustedCertificates(String),
+    /// The TLS settings (`mqtt.tls_*`) could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// MQTT options of the worker's own connection: [`mqtt_options`] plus manual
@@ -125,7 +105,10 @@ pub fn mqtt_options(config: &Config) -> Result<MqttOptions, ClientError> {
         // ring, so that a dependency enabling aws-lc-rs as well cannot break
         // TLS. Once one is installed, later calls leave it and return Err.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        options.set_transport(Transport::tls_with_config(tls_configuration(tls)?));
+        let tls = client_config(tls, ServerCheck::Verify, "mqtt")?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
     }
     Ok(options)
 }

@@ -12,7 +12,8 @@
 //!   never take that document: it is logged and dropped, and the task's next
 //!   status follows.
 //! - **Durability.** Statuses reach this sink only once the journal holds
-//!   them; a final status the controller took is marked delivered in the
+//!   them; a final status the controller took (or refused for good) is
+//!   marked delivered in the
 //!   journal ([`TaskTable::mark_delivered`]), and the statuses not marked are
 //!   what a restart posts again (the `restored` list).
 //! - **Shutdown.** When the table closes the change stream, what is queued is
@@ -129,7 +130,7 @@ async fn post_statuses(
     for status in restored {
         outbox.push(status);
     }
-    let mut posts: JoinSet<(TaskStatus, Posted)> = JoinSet::new();
+    let mut posts: JoinSet<TaskStatus> = JoinSet::new();
     let mut open = true;
     loop {
         while posts.len() < MAX_IN_FLIGHT {
@@ -137,14 +138,13 @@ async fn post_statuses(
             let client = poster.client.clone();
             let url = status_url(&poster.base_url, &status.task_id);
             posts.spawn(async move {
-                let posted = match url {
+                match url {
                     Some(url) => post_until_answered(&client, &url, &status).await,
                     None => {
-                        tracing::error!(task_id = %status.task_id, "this task id has no status URL");
-                        Posted::Refused
+                        tracing::error!(task_id = %status.task_id, "this task id has no status URL")
                     }
-                };
-                (status, posted)
+                }
+                status
             });
         }
         if !open && outbox.is_empty() && posts.is_empty() {
@@ -156,13 +156,17 @@ async fn post_statuses(
                 None => open = false,
             },
             Some(joined) = posts.join_next() => {
-                let Ok((status, posted)) = joined else {
+                let Ok(status) = joined else {
                     // A post that panicked: its task's statuses stay queued
                     // behind it, so stop rather than skip one.
                     tracing::error!("a status post failed unexpectedly");
                     return;
                 };
-                let _ = (posted, &poster.table);
+                // A final the controller refused for good is settled too:
+                // posting it again after a restart would be refused again.
+                if status.state.is_final() {
+                    poster.table.mark_delivered(&status);
+                }
                 outbox.done(&status.task_id);
             }
         }
@@ -170,7 +174,7 @@ async fn post_statuses(
 }
 
 /// Posts `status` until the controller answers 2xx or refuses it for good.
-async fn post_until_answered(client: &reqwest::Client, url: &str, status: &TaskStatus) -> Posted {
+async fn post_until_answered(client: &reqwest::Client, url: &str, status: &TaskStatus) {
     let body = status.to_json();
     let mut backoff = Backoff::new(FIRST_RETRY, LONGEST_RETRY, Duration::ZERO);
     let mut failures = 0u32;
@@ -197,7 +201,7 @@ async fn post_until_answered(client: &reqwest::Client, url: &str, status: &TaskS
                                 "the controller refused a status; dropping it"
                             );
                         }
-                        return posted;
+                        return;
                     }
                     None => {
                         let asked = matches!(

@@ -1,6 +1,6 @@
 //! What the HTTP transport's polls and posts share: the URL of a task's
 //! status, the wait a `Retry-After` header asks for, and a short account of
-//! a failed request for the log.
+//! a failed request and of the controller's URL for the log.
 
 use std::time::Duration;
 
@@ -60,9 +60,34 @@ pub fn describe(error: &reqwest::Error) -> String {
     format!("{kind}: {cause}")
 }
 
+/// `base_url` as it may be shown (dashboard, logs): without user name,
+/// password, query or fragment, which may carry credentials.
+pub fn shown_url(base_url: &str) -> String {
+    match reqwest::Url::parse(base_url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.as_str().trim_end_matches('/').to_owned()
+        }
+        Err(_) => "(an unreadable poll.base_url)".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shown_url_carries_no_credentials() {
+        assert_eq!(
+            shown_url("https://user:s3cret@ctl.example:8443/api?token=t0k#x"),
+            "https://ctl.example:8443/api"
+        );
+        assert_eq!(shown_url("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert!(!shown_url("not a url with s3cret").contains("s3cret"));
+    }
 
     #[test]
     fn dot_segments_cannot_leave_the_tasks_path() {

@@ -3,16 +3,18 @@
 //! It owns every task this worker holds (queued, running and a bounded
 //! history of finished ones, each with the tail of its Ansible log), the FIFO
 //! queue of waiting tasks, the recently rejected requests, and two change
-//! streams: a lossless, ordered one per subscriber (the MQTT status
-//! publisher) and a lossy broadcast for live views (`view`: the HTTP API and
-//! its event stream). It does not run anything: the pool takes queued tasks
-//! from it and reports back. Every state change goes through `lifecycle`.
+//! streams: a lossless, ordered one per subscriber (the status sink of the
+//! transport, [`ChangeStream`]) and a lossy broadcast for live views
+//! (`view`: the HTTP API and its event stream). It does not run anything:
+//! the pool takes queued tasks from it and reports back. Every state change
+//! goes through `lifecycle`.
 //!
 //! With a [`Journal`] configured, every change is handed to it and the
 //! lossless stream carries what the journal committed (a status leaves the
 //! process only once it is on disk); at start, [`TaskTable::restore`] re-fills
 //! the table from what a previous process journaled (`restore`). How changes
-//! leave the table is `stream`; the answers of its operations, `outcomes`.
+//! leave the table, and the receipts of those that reached their destination,
+//! is `stream`; the answers of its operations, `outcomes`.
 //!
 //! A request's reply route (MQTT 5 Response Topic) belongs to its task
 //! here: it is set when the table admits the task, travels on every status
@@ -30,13 +32,14 @@ pub mod view;
 
 pub use outcomes::{Admission, Cancel, RunOutcome};
 pub use restore::{INTERRUPTED, Restored};
+pub use stream::ChangeStream;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
@@ -99,6 +102,10 @@ struct Entry {
     pending: Option<Box<Pending>>,
     /// Why a running task was told to stop; becomes its `error_message`.
     cancel_reason: Option<String>,
+    /// Its final status reached the destination (a sink's receipt). Never
+    /// true for another status: a final one does not change again, and a
+    /// restore marks only finals it leaves as they were.
+    delivered: bool,
 }
 
 /// The request of a queued or running task and the token that stops it.
@@ -116,13 +123,18 @@ struct Inner {
     queue: VecDeque<String>,
     finished: VecDeque<String>,
     rejected: VecDeque<RejectedRequest>,
-    subscribers: Vec<mpsc::UnboundedSender<TaskStatus>>,
+    stream: ChangeStream,
     live: broadcast::Sender<LiveEvent>,
 }
 
 impl TaskTable {
-    /// An empty table.
+    /// An empty table. Its journal, if any, streams what it commits to
+    /// this table's subscribers.
     pub fn new(settings: TableSettings) -> Self {
+        let stream = ChangeStream::default();
+        if let Some(journal) = &settings.journal {
+            journal.stream_to(stream.clone());
+        }
         TaskTable {
             inner: Arc::new(Mutex::new(Inner {
                 settings,
@@ -132,7 +144,7 @@ impl TaskTable {
                 queue: VecDeque::new(),
                 finished: VecDeque::new(),
                 rejected: VecDeque::new(),
-                subscribers: Vec::new(),
+                stream,
                 live: broadcast::channel(LIVE_CAPACITY).0,
             })),
             queued_signal: Arc::new(Notify::new()),
@@ -148,15 +160,6 @@ impl TaskTable {
         // A panic while holding the lock leaves consistent data (every update
         // is a plain field write), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The current status of every held task, oldest first.
-    pub fn statuses(&self) -> Vec<TaskStatus> {
-        let inner = self.lock();
-        let now = Utc::now();
-        let mut entries: Vec<&Entry> = inner.tasks.values().map(Box::as_ref).collect();
-        entries.sort_by_key(|entry| entry.seq);
-        entries.iter().map(|entry| entry.status.at(now)).collect()
     }
 
     /// Accepts a checked request: queues it, or ends it at once when the
@@ -346,6 +349,26 @@ impl TaskTable {
             .count();
         (queued, running)
     }
+
+    /// Resolves once the queue has room for another task (at once if it
+    /// has), so that a transport that fetches requests (HTTP polling) asks
+    /// only for what it can hold. Any change of the table wakes it to look
+    /// again.
+    pub async fn room(&self) {
+        loop {
+            let mut changes = {
+                let inner = self.lock();
+                if inner.queue.len() < inner.settings.max_queue_size {
+                    return;
+                }
+                // Under the lock that saw no room: no change is missed.
+                inner.live.subscribe()
+            };
+            // A lagged receiver saw changes too; the sender lives with the
+            // table, so the stream never closes while `self` exists.
+            let _ = changes.recv().await;
+        }
+    }
 }
 
 impl Inner {
@@ -400,6 +423,7 @@ impl Inner {
                 log: VecDeque::new(),
                 pending: pending.map(Box::new),
                 cancel_reason: None,
+                delivered: false,
             }),
         );
     }

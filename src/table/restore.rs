@@ -9,7 +9,8 @@
 //!   `worker.rerun_interrupted` asks for it to be queued again.
 //! - Finished tasks return to the history (so a redelivered request is still
 //!   recognised as a duplicate), bounded by `history_limit`; older journal
-//!   rows are forgotten.
+//!   rows are forgotten. Each keeps whether its final status was delivered;
+//!   a task the restore changes is undelivered (its new status is not).
 //!
 //! The caller kills any process left over from the previous run first.
 
@@ -48,6 +49,8 @@ impl TaskTable {
         for task in stored {
             inner.next_seq = inner.next_seq.max(task.seq);
             let id = task.status.task_id.clone();
+            // Only a final status is ever marked.
+            let delivered = task.delivered && task.status.state.is_final();
             let mut entry = Box::new(Entry {
                 seq: task.seq,
                 status: task.status,
@@ -55,6 +58,7 @@ impl TaskTable {
                 log: VecDeque::new(),
                 pending: None,
                 cancel_reason: None,
+                delivered,
             });
             let state = entry.status.state;
             if state.is_final() {

@@ -1,39 +1,122 @@
 //! How changes leave the table: each one is recorded by the journal (which
-//! streams it on once committed) or, without a journal, sent straight to the
-//! subscribers; live views get every change at once through the broadcast.
+//! streams it on once committed) or, without a journal, streamed at once;
+//! live views get every change at once through the broadcast.
+//!
+//! [`ChangeStream`] is the one owner of the lossless stream's subscribers.
+//! The table sends to it directly when it has no journal; with one, the
+//! journal's writer sends each status once it is committed, and subscribing
+//! and closing are handed to the writer in line with the changes, so a
+//! subscriber starts and ends at the same point of the order either way.
+//!
+//! A sink that needs to know what reached its destination reports it back
+//! ([`TaskTable::mark_delivered`]); the receipt is journaled, so that after a
+//! restart [`TaskTable::undelivered_statuses`] names what to send again.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::view::LiveEvent;
-use super::{Inner, TaskTable};
+use super::{Entry, Inner, TaskTable};
 use crate::journal::{JournalHealth, Record};
 use crate::metrics::Refusal;
 use crate::model::{Delivery, ReplyRoute, TaskState, TaskStatus};
+
+/// The subscribers of the lossless, ordered status stream; clones share
+/// them. Whoever sends decides when a status is streamed (the table, or the
+/// journal's writer once the status is committed).
+#[derive(Clone, Debug, Default)]
+pub struct ChangeStream {
+    subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<TaskStatus>>>>,
+}
+
+impl ChangeStream {
+    /// Adds a subscriber: it gets every status sent from now on.
+    pub fn add(&self, subscriber: mpsc::UnboundedSender<TaskStatus>) {
+        self.lock().push(subscriber);
+    }
+
+    /// Sends `status` to every subscriber, dropping those that are gone.
+    pub fn send(&self, status: TaskStatus) {
+        let mut subscribers = self.lock();
+        // The usual case (one publisher) needs no copy.
+        if let [only] = subscribers.as_slice() {
+            if only.send(status).is_err() {
+                subscribers.clear();
+            }
+            return;
+        }
+        subscribers.retain(|subscriber| subscriber.send(status.clone()).is_ok());
+    }
+
+    /// Ends every subscriber's stream (each finishes once it drained it).
+    pub fn close(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<mpsc::UnboundedSender<TaskStatus>>> {
+        // Only pushes, sends and clears happen under it: always consistent.
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl TaskTable {
     /// A stream of every status change from now on, in order (once
     /// journaled, when there is a journal).
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<TaskStatus> {
-        let mut inner = self.lock();
-        if let Some(journal) = &inner.settings.journal {
-            return journal.subscribe();
-        }
         let (tx, rx) = mpsc::unbounded_channel();
-        inner.subscribers.push(tx);
+        let inner = self.lock();
+        let stream = inner.stream.clone();
+        inner.in_order(move || stream.add(tx));
         rx
     }
 
-    /// Ends every change stream, so subscribers finish once they drained it.
+    /// Ends every change stream after the changes made so far, so
+    /// subscribers finish once they drained it.
     pub fn close_subscribers(&self) {
+        let inner = self.lock();
+        let stream = inner.stream.clone();
+        inner.in_order(move || stream.close());
+    }
+
+    /// The current status of every held task, oldest first.
+    pub fn statuses(&self) -> Vec<TaskStatus> {
+        self.lock().statuses(|_| true)
+    }
+
+    /// Like [`TaskTable::statuses`], without the tasks whose final status
+    /// was delivered ([`TaskTable::mark_delivered`], also before a restart):
+    /// what a sink that reports deliveries must send at start.
+    pub fn undelivered_statuses(&self) -> Vec<TaskStatus> {
+        self.lock().statuses(|entry| !entry.delivered)
+    }
+
+    /// Records that the destination accepted `status`. Only a final status
+    /// counts, and only while it is still the task's status: the task is then
+    /// left out of [`TaskTable::undelivered_statuses`], across restarts
+    /// (journaled with the other changes; this never waits). Other statuses
+    /// are ignored: after a restart, an unfinished task's status changes
+    /// anyway and must be sent again.
+    pub fn mark_delivered(&self, status: &TaskStatus) {
+        if !status.state.is_final() {
+            return;
+        }
         let mut inner = self.lock();
-        match &inner.settings.journal {
-            Some(journal) => journal.close_subscribers(),
-            None => inner.subscribers.clear(),
+        let Some(entry) = inner.tasks.get_mut(&status.task_id) else {
+            return;
+        };
+        // A final status is told apart from another of the same task (one
+        // that left the history and came back) by its completion time.
+        let held = (entry.status.state, entry.status.completed_at);
+        if entry.delivered || held != (status.state, status.completed_at) {
+            return;
+        }
+        entry.delivered = true;
+        if let Some(journal) = &inner.settings.journal {
+            journal.delivered(status);
         }
     }
 
@@ -58,6 +141,30 @@ impl TaskTable {
 }
 
 impl Inner {
+    /// The current status of every held task that `keep` keeps, oldest
+    /// first.
+    fn statuses(&self, keep: impl Fn(&Entry) -> bool) -> Vec<TaskStatus> {
+        let now = Utc::now();
+        let mut entries: Vec<&Entry> = self
+            .tasks
+            .values()
+            .map(Box::as_ref)
+            .filter(|entry| keep(entry))
+            .collect();
+        entries.sort_by_key(|entry| entry.seq);
+        entries.iter().map(|entry| entry.status.at(now)).collect()
+    }
+
+    /// Runs `step` (a change to the stream's subscribers) after every change
+    /// made so far was streamed: at once without a journal, on the journal's
+    /// writer in line with the changes otherwise.
+    fn in_order(&self, step: impl FnOnce() + Send + 'static) {
+        match &self.settings.journal {
+            Some(journal) => journal.then(step),
+            None => step(),
+        }
+    }
+
     /// Sends a held task's current status again, for a duplicate request:
     /// once to the duplicate's own `reply` route (not the task's); false if
     /// the task is not held.
@@ -73,7 +180,7 @@ impl Inner {
         self.settings.metrics.refused(Refusal::Duplicate);
         match &self.settings.journal {
             Some(journal) => journal.relay(snapshot),
-            None => self.send_to_subscribers(snapshot),
+            None => self.stream.send(snapshot),
         }
         true
     }
@@ -102,12 +209,7 @@ impl Inner {
                 },
                 status: snapshot,
             }),
-            None => self.send_to_subscribers(snapshot),
+            None => self.stream.send(snapshot),
         }
-    }
-
-    fn send_to_subscribers(&mut self, status: TaskStatus) {
-        self.subscribers
-            .retain(|subscriber| subscriber.send(status.clone()).is_ok());
     }
 }

@@ -1,5 +1,9 @@
 //! Unit tests of the task table.
 
+mod delivery;
+
+use tokio::sync::mpsc;
+
 use super::*;
 use crate::journal::Journal;
 
@@ -70,6 +74,26 @@ fn queue_full_fails_with_the_limit_in_the_message() {
     let b = table.status("b").unwrap();
     assert_eq!(b.state, TaskState::Failed);
     assert_eq!(b.error_message.as_deref(), Some("Queue full (max: 1)"));
+}
+
+#[tokio::test]
+async fn room_waits_until_a_queued_task_leaves_the_queue() {
+    let table = table(1, 10);
+    table.room().await;
+    table.submit(spec("a"), None);
+    let waiting = tokio::spawn({
+        let table = table.clone();
+        async move { table.room().await }
+    });
+    // Log lines of other tasks wake it, but do not make room.
+    table.append_log("a", "line");
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    let _ = table.start_next().await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("room once the task left the queue")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -412,4 +436,23 @@ async fn routes_travel_through_the_journal_but_are_not_written() {
     close(before).await;
     let (_, stored) = journaled_table(dir.path(), 10);
     assert_eq!(stored[0].status.delivery, Delivery::default());
+}
+
+#[tokio::test]
+async fn with_a_journal_a_subscriber_starts_and_ends_in_line_with_the_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, _) = journaled_table(dir.path(), 10);
+    table.submit(spec("before"), None);
+    // Subscribed before "before" was committed, it still starts after it.
+    let mut rx = table.subscribe();
+    table.submit(spec("during"), None);
+    table.close_subscribers();
+    table.submit(spec("after"), None);
+    table.journaled().await;
+    let mut seen = vec![];
+    while let Some(status) = rx.recv().await {
+        seen.push(status.task_id);
+    }
+    assert_eq!(seen, ["during"]);
+    close(table).await;
 }

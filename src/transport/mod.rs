@@ -15,9 +15,11 @@
 //!
 //! Both transports turn a received request into a task the same way:
 //! [`admit`] (intake rules, then the table), and [`cancel_reason`] reads a
-//! cancel body.
+//! cancel body. Both retry with `backoff` and connect with the TLS client
+//! settings of `tls`.
 
 pub mod backoff;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -6,6 +6,8 @@
 //! - `ejabberd`: ejabberd's MQTT broker (no shared subscriptions) on one;
 //! - `worker`: the `ansible-worker` binary with a generated or given config;
 //! - `observer`: an MQTT client that records every status document;
+//! - `poll_controller`: an HTTP controller that workers with
+//!   `transport = "http"` poll for tasks and post statuses to;
 //! - `controller`: an MQTT 5 client with a login of its own, Response Topics
 //!   and the broker's reason codes;
 //! - `recorder`: an MQTT client that records every message on one filter
@@ -17,7 +19,8 @@
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
 //! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
-//! - `rest_controller`: the example REST controller of the HTTP transport;
+//! - `rest_controller`: `examples/controllers/http/controller.py`, the
+//!   example controller of the HTTP transport, as a child process;
 //! - `schema`: the JSON Schemas of `docs/schema/`, which every status document
 //!   the observer or the HTTP client receives must pass;
 //! - `tmpfs`: a small file system mounted for one test, to fill and free;
@@ -37,6 +40,7 @@ mod http;
 mod ledger;
 mod mosquitto;
 mod observer;
+mod poll_controller;
 mod procs;
 mod prometheus;
 mod raw_mqtt;
@@ -57,8 +61,8 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use self::{
     ansible::*, appliance::*, controller::*, docker::*, ejabberd::*, http::*, ledger::*,
-    mosquitto::*, observer::*, procs::*, prometheus::*, raw_mqtt::*, recorder::*,
-    rest_controller::*, schema::*, sse::*, tls::*, tmpfs::*, worker::*,
+    mosquitto::*, observer::*, poll_controller::*, procs::*, prometheus::*, raw_mqtt::*,
+    recorder::*, rest_controller::*, schema::*, sse::*, tls::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
