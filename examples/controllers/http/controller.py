@@ -162,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def reply(self, code, doc, headers=None):
-        data = b"" if doc is None else json.dumps(doc).encode()
+        data = b"" if doc is None else (json.dumps(doc) + "\n").encode()  # a line for curl
         self.send_response(code)
         if code != 204:  # a 204 has neither a body nor a Content-Length
             headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}
