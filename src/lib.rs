@@ -173,7 +173,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     let mut side = Side::start(&config, &table, policy.clone())?;
     let source = side.source();
     let sink = side.sink().expect("the status sink is taken once");
-    let statuses = tokio::spawn(sink.deliver(table.statuses(), table.subscribe()));
+    let statuses = tokio::spawn(sink.deliver(side.restored(&table), table.subscribe()));
     let http = match config.http.enabled {
         true => Some(
             start_http(

@@ -56,6 +56,16 @@ impl Side {
         }
     }
 
+    /// What the status sink delivers first: over MQTT every status held (the
+    /// embedded broker forgot its retained ones); when polling, those the
+    /// controller has not taken yet.
+    pub fn restored(&self, table: &TaskTable) -> Vec<crate::model::TaskStatus> {
+        match self {
+            Side::Mqtt(_) => table.statuses(),
+            Side::Poll(_) => table.undelivered_statuses(),
+        }
+    }
+
     /// Where runs send their events: the MQTT events topic; nowhere when
     /// polling.
     pub fn event_sink(&self) -> Arc<dyn EventSink> {
