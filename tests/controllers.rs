@@ -1,12 +1,14 @@
-//! The controller examples in `examples/controllers/` against the appliance
-//! (the example config on free ports): the Python controller runs a
-//! playbook over MQTT 5 request/response and prints the final status; the
-//! Node-RED flow's topics and broker are the ones the worker uses, and its
-//! request runs.
+//! The controller examples in `examples/controllers/` against the real
+//! worker: the Python controller runs a playbook over MQTT 5
+//! request/response on the appliance (the example config on free ports) and
+//! prints the final status; the Node-RED flow's topics and broker are the
+//! ones the appliance uses, and its request runs; the HTTP controller's API
+//! does what the README says, and a worker with the README's
+//! `transport = "http"` config runs what it hands out.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -196,4 +198,264 @@ async fn node_red_flow_uses_the_workers_topics_and_its_request_runs() {
         .wait_on(&topics.status("node-red-1"), DEADLINE, |d| is_final(&d.doc))
         .await;
     assert_eq!(done.doc["state"], "success", "{:?}", done.doc);
+}
+
+#[test]
+fn http_controller_hands_each_request_out_once_and_keeps_every_status() {
+    let token = "poll-token-6c1f09";
+    let controller = RestController::start(Some(token), 0, &[]);
+    let http = Http::new(controller.port);
+    let bearer = format!("Bearer {token}");
+    let json = ("Content-Type", "application/json");
+    let user = [("Authorization", bearer.as_str()), json];
+    let worker = [
+        ("Authorization", bearer.as_str()),
+        ("X-Worker-Group", "lab"),
+        ("X-Worker-Id", "lab-1"),
+    ];
+
+    // Without the token, or with another one: 401 everywhere.
+    let endpoints = [
+        ("GET", "/tasks", None),
+        ("POST", "/tasks/x/status", Some(r#"{"state":"queued"}"#)),
+        ("POST", "/submit", Some("{}")),
+        ("GET", "/tasks/x", None),
+    ];
+    for (method, path, body) in endpoints {
+        for authorization in [None, Some("Bearer wrong"), Some("Basic bGFiOnBvbGw=")] {
+            let mut headers = vec![json];
+            headers.extend(authorization.map(|a| ("Authorization", a)));
+            let reply = http.send(method, path, &headers, body);
+            assert_eq!(reply.status, 401, "{method} {path} {authorization:?}");
+            assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        }
+    }
+
+    // A request without an id gets one; each goes out once, oldest first.
+    let hello = r#"{"playbook":"hello.yml","inventory":"inventory.yml"}"#;
+    let reply = http.send("POST", "/submit", &user, Some(hello));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let made_up = reply.json()["task_id"].as_str().unwrap().to_owned();
+    assert!(made_up.starts_with("hello-"), "{made_up}");
+    assert_eq!(
+        reply.header("location"),
+        Some(&*format!("/tasks/{made_up}"))
+    );
+    let request = serde_json::json!({"task_id": "api-2", "playbook": "fail.yml", "inventory": "inventory.yml"});
+    let reply = http.send("POST", "/submit", &user, Some(&request.to_string()));
+    assert_eq!(reply.json()["task_id"], "api-2");
+    let first = http.send("GET", "/tasks", &worker, None);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["task_id"], made_up.as_str());
+    assert_eq!(first.json()["playbook"], "hello.yml");
+    assert_eq!(http.send("GET", "/tasks", &worker, None).json(), request);
+    let empty = http.send("GET", "/tasks", &worker, None);
+    assert_eq!((empty.status, empty.body.as_str()), (204, ""));
+    controller.wait_line("handed api-2 to lab/lab-1");
+
+    // ?limit=N: an array of up to N.
+    for id in ["batch-1", "batch-2", "batch-3"] {
+        let body = serde_json::json!({"task_id": id, "playbook": "hello.yml", "inventory": "inventory.yml"});
+        assert_eq!(
+            http.send("POST", "/submit", &user, Some(&body.to_string()))
+                .status,
+            202
+        );
+    }
+    let ids = |reply: Reply| -> Vec<String> {
+        let batch = reply.json();
+        let batch = batch.as_array().unwrap_or_else(|| panic!("{batch}"));
+        batch
+            .iter()
+            .map(|r| r["task_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(http.send("GET", "/tasks?limit=2", &worker, None)),
+        ["batch-1", "batch-2"]
+    );
+    assert_eq!(
+        ids(http.send("GET", "/tasks?limit=2", &worker, None)),
+        ["batch-3"]
+    );
+    assert_eq!(
+        http.send("GET", "/tasks?limit=2", &worker, None).status,
+        204
+    );
+
+    // Statuses: every one kept in order, the latest answered, a line each.
+    assert_eq!(http.send("GET", "/tasks/api-2", &user, None).status, 404);
+    let queued = serde_json::json!({"task_id": "api-2", "state": "queued", "worker_id": "lab-1"});
+    let failed = serde_json::json!({"task_id": "api-2", "state": "failed", "worker_id": "lab-1"});
+    for doc in [&queued, &failed, &failed] {
+        let reply = http.send(
+            "POST",
+            "/tasks/api-2/status",
+            &[worker[0], worker[1], worker[2], json],
+            Some(&doc.to_string()),
+        );
+        assert_eq!((reply.status, reply.body.as_str()), (204, ""));
+    }
+    assert_eq!(http.send("GET", "/tasks/api-2", &user, None).json(), failed);
+    let all = http
+        .send("GET", "/tasks/api-2/statuses", &user, None)
+        .json();
+    assert_eq!(all, serde_json::json!([queued, failed, failed]));
+    controller.wait_line("status api-2 failed lab-1");
+    assert_eq!(controller.states("api-2"), ["queued", "failed", "failed"]);
+    let bad = http.send("POST", "/submit", &user, Some("not json"));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        !controller.stderr().contains(token),
+        "{}",
+        controller.stderr()
+    );
+
+    // Started without a token, it asks for none.
+    let open = RestController::start(None, 0, &["--batch", "5"]);
+    let http = Http::new(open.port);
+    assert_eq!(http.send("GET", "/tasks", &[], None).status, 204);
+    assert_eq!(
+        http.send("POST", "/submit", &[json], Some(hello)).status,
+        202
+    );
+    assert_eq!(
+        http.send("GET", "/tasks", &[], None)
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+/// Why the worker is gone, if it is.
+fn exited(worker: &mut Worker) -> Option<String> {
+    (!worker.is_running()).then(|| format!("the worker exited:\n{}", worker.log()))
+}
+
+/// The worker config of the README's HTTP transport section, with the
+/// controller on `controller`, the dashboard on `dashboard` and this test's
+/// paths.
+fn readme_http_worker_config(dir: &Path, controller: u16, dashboard: u16) -> String {
+    let readme = std::fs::read_to_string(project_dir().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## HTTP transport (polling a REST controller)\n")
+        .nth(1)
+        .expect("README has an HTTP transport section");
+    let section = section.split("\n## ").next().unwrap();
+    let config = section.split("```toml\n").nth(1).expect("a config block");
+    let config = config.split("```").next().unwrap();
+    let quoted = |path: &Path| format!("{:?}", path.display().to_string());
+    let settings = [
+        (
+            "base_url = \"http://127.0.0.1:8000\"",
+            format!("base_url = \"http://127.0.0.1:{controller}\""),
+        ),
+        (
+            "listen = \"127.0.0.1:8081\"",
+            format!("listen = \"127.0.0.1:{dashboard}\""),
+        ),
+        (
+            "playbook_directory = \"examples/playbooks\"",
+            format!(
+                "playbook_directory = {}",
+                quoted(&project_dir().join("examples/playbooks"))
+            ),
+        ),
+        (
+            "state_dir = \"var/http-worker\"",
+            format!(
+                "state_dir = {}\nansible_playbook_path = {}",
+                quoted(&dir.join("state")),
+                quoted(&ansible_playbook())
+            ),
+        ),
+    ];
+    settings
+        .iter()
+        .fold(config.to_owned(), |config, (from, to)| {
+            replace_present(&config, from, to)
+        })
+}
+
+#[test]
+fn http_controller_runs_a_playbook_through_a_worker_with_the_readme_config() {
+    let token = "poll-token-2a7d41";
+    let mut controller = RestController::start(
+        Some(token),
+        0,
+        &[
+            "--once",
+            "hello.yml",
+            "-i",
+            "inventory.yml",
+            "--task-id",
+            "http-hello-1",
+        ],
+    );
+    let port = controller.port;
+    let dashboard = free_port();
+    let mut worker = Worker::with_config_and_env(&[("POLL_TOKEN", token)], |dir| {
+        readme_http_worker_config(dir, port, dashboard)
+    });
+    let (code, stdout) = controller.wait_exit(|| exited(&mut worker));
+    let stderr = controller.stderr();
+    assert_eq!(code, Some(0), "{stderr}\n{}", worker.log());
+    let last: Value = serde_json::from_str(&stdout).expect("the final status as JSON");
+    assert_valid_status(&last);
+    assert_eq!(last["task_id"], "http-hello-1");
+    assert_eq!(last["state"], "success");
+    assert_eq!(last["worker_id"], "lab-1");
+    assert_eq!(last["output"]["greeting"], "Hello from localhost");
+    assert!(
+        stderr.contains("handed http-hello-1 to lab/lab-1\n"),
+        "{stderr}"
+    );
+    let states = controller.states("http-hello-1");
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("queued"),
+        "{stderr}"
+    );
+    assert!(states.iter().any(|s| s == "running"), "{stderr}");
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("success"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token) && !worker.log().contains(token));
+    // The dashboard of the README's config shows the task too.
+    let http = Http::new(dashboard);
+    http.wait_up(&worker);
+    assert_eq!(http.wait_final("http-hello-1")["state"], "success");
+
+    // A failing playbook, from a controller started again on the same port:
+    // the worker polls on, and had its answer to hello's final status (it
+    // does not post it again).
+    let mut controller = RestController::start(
+        Some(token),
+        port,
+        &[
+            "--once",
+            "fail.yml",
+            "-i",
+            "inventory.yml",
+            "-e",
+            r#"{"reason": "on purpose"}"#,
+        ],
+    );
+    let (code, stdout) = controller.wait_exit(|| exited(&mut worker));
+    assert_eq!(code, Some(1), "{}\n{}", controller.stderr(), worker.log());
+    let last: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(last["state"], "failed");
+    assert!(
+        controller.stderr().contains("on purpose"),
+        "{}",
+        controller.stderr()
+    );
+    assert!(
+        controller.states("http-hello-1").is_empty(),
+        "{}",
+        controller.stderr()
+    );
 }

@@ -19,6 +19,8 @@
 //! - `http`, `sse`, `prometheus`: a client for the HTTP API, its event stream
 //!   and its metrics;
 //! - `raw_mqtt`: MQTT packets as bytes, for what client libraries will not send;
+//! - `rest_controller`: `examples/controllers/http/controller.py`, the
+//!   example controller of the HTTP transport, as a child process;
 //! - `schema`: the JSON Schemas of `docs/schema/`, which every status document
 //!   the observer or the HTTP client receives must pass;
 //! - `tmpfs`: a small file system mounted for one test, to fill and free;
@@ -43,6 +45,7 @@ mod procs;
 mod prometheus;
 mod raw_mqtt;
 mod recorder;
+mod rest_controller;
 mod schema;
 mod sse;
 mod tls;
@@ -59,7 +62,7 @@ use std::time::{Duration, Instant};
 pub use self::{
     ansible::*, appliance::*, controller::*, docker::*, ejabberd::*, http::*, ledger::*,
     mosquitto::*, observer::*, poll_controller::*, procs::*, prometheus::*, raw_mqtt::*,
-    recorder::*, schema::*, sse::*, tls::*, tmpfs::*, worker::*,
+    recorder::*, rest_controller::*, schema::*, sse::*, tls::*, tmpfs::*, worker::*,
 };
 
 /// Generous deadline for anything that involves a real `ansible-playbook` on a
