@@ -11,7 +11,7 @@ use common::*;
 
 /// Status posts answered 503 while the controller is "down": more than the
 /// worker can try before the test kills it.
-const DOWN: [u16; 10_000] = [503; 10_000];
+static DOWN: [u16; 10_000] = [503; 10_000];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_posts_again_what_the_controller_had_not_taken_and_nothing_else() {

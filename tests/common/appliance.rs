@@ -103,17 +103,9 @@ pub fn example_config(dir: &Path, ports: &Ports) -> String {
 /// switched on: the worker logs in as `worker` with `${MQTT_PASSWORD}`;
 /// `more_users` are further `name = "password"` lines of that table.
 pub fn with_broker_logins(config: &str, more_users: &str) -> String {
-    // The commented `[poll]` example below `[mqtt]` has a commented
-    // `username = "worker"` too: only `[mqtt]`'s own, the first.
-    let config = replace_in_section(
-        config,
-        "mqtt",
-        "# username = \"worker\"",
-        "username = \"worker\"",
-    );
-    let config = replace_in_section(
+    let config = replace_present(config, "# username = \"worker\"", "username = \"worker\"");
+    let config = replace_present(
         &config,
-        "mqtt",
         "# password = \"${MQTT_PASSWORD}\"",
         "password = \"${MQTT_PASSWORD}\"",
     );
@@ -130,29 +122,10 @@ pub fn with_broker_logins(config: &str, more_users: &str) -> String {
 #[track_caller]
 pub fn replace_present(text: &str, from: &str, to: &str) -> String {
     // Once: a second copy (another section's example) would be changed too.
-    assert_eq!(text.matches(from).count(), 1, "{from:?} is not in the config once");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} is not in the config once"
+    );
     text.replace(from, to)
-}
-
-/// `text` with the first `from` of the `[section]` table (up to the next
-/// table header, commented ones not counting) replaced by `to`; it must
-/// occur there.
-#[track_caller]
-pub fn replace_in_section(text: &str, section: &str, from: &str, to: &str) -> String {
-    let header = format!("\n[{section}]\n");
-    let start = text
-        .find(&header)
-        .unwrap_or_else(|| panic!("no [{section}] in the config"))
-        + header.len();
-    let end = text[start..]
-        .find("\n[")
-        .map_or(text.len(), |at| start + at);
-    let body = &text[start..end];
-    assert!(body.contains(from), "{from:?} is not in [{section}]");
-    format!(
-        "{}{}{}",
-        &text[..start],
-        body.replacen(from, to, 1),
-        &text[end..]
-    )
 }
