@@ -298,6 +298,10 @@ async fn start_http(
             worker_id: worker.worker_id.clone(),
             group: worker.group_name.clone(),
             broker,
+            transport: match config.transport {
+                config::Transport::Mqtt => "mqtt",
+                config::Transport::Http => "http",
+            },
             concurrency: worker.concurrency,
             playbook_directory: worker.playbook_directory.clone(),
             embedded_broker: config.broker.enabled.then_some(config.broker.listen),

@@ -17,6 +17,7 @@ async fn task_list_pages_newest_first_filters_and_details_match_the_status_docum
     let info = http.get("/api/worker").json();
     assert_eq!(info["worker_id"], "lab-1", "{info}");
     assert_eq!(info["group"], "lab", "{info}");
+    assert_eq!(info["transport"], "mqtt", "{info}");
     assert_eq!(info["connected"], true, "{info}");
     let listed = http.get("/api/playbooks").json();
     assert!(

@@ -178,6 +178,7 @@ async fn basic_auth_readiness_and_worker_facts_over_http() {
     assert_eq!(ready["checks"]["polling"], true, "{ready}");
     let info = http.get("/api/worker").json();
     assert_eq!(info["broker"], controller.base_url, "{info}");
+    assert_eq!(info["transport"], "http", "{info}");
     assert_eq!(info["connected"], true);
     assert!(!worker.log().contains("pa:ss-word"));
 

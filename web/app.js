@@ -185,6 +185,7 @@ async function refreshWorker() {
     const info = await api("api/worker");
     $("worker-id").textContent = info.worker_id;
     $("worker-group").textContent = info.group;
+    $("worker-source").textContent = info.transport === "http" ? "Controller" : "Broker";
     $("worker-broker").textContent = info.broker;
     const connected = $("worker-connected");
     connected.textContent = info.connected ? "connected" : "disconnected";

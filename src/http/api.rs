@@ -52,6 +52,7 @@ async fn worker(State(state): State<AppState>) -> Json<Value> {
         "group": info.group,
         "version": env!("CARGO_PKG_VERSION"),
         "broker": info.broker,
+        "transport": info.transport,
         "connected": state.source.link().borrow().up,
         "concurrency": info.concurrency,
         "queued": queued,

@@ -72,6 +72,8 @@ pub struct WorkerInfo {
     /// Where tasks come from: the broker's `host:port`, or the polled
     /// controller's base URL.
     pub broker: String,
+    /// The transport in use: `mqtt` or `http`.
+    pub transport: &'static str,
     /// Parallel runs.
     pub concurrency: usize,
     /// Where playbooks live.

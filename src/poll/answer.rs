@@ -33,12 +33,22 @@ pub fn body_limit(policy: &IntakePolicy) -> usize {
 }
 
 /// Hands each request of an answer to intake and waits until what they
-/// became is journaled; how many there were.
+/// became is journaled; how many were new (not for a task the worker already
+/// holds: a controller that hands a task out again until its status arrives
+/// must not be polled in a tight loop).
 pub async fn admit_answer(table: &TaskTable, policy: &IntakePolicy, body: &[u8]) -> usize {
     let requests = requests(body);
     let mut recorded = None;
+    let mut new = 0;
     for request in &requests {
-        if names_no_status_url(request) {
+        let task_id = task_id_of(request);
+        if task_id
+            .as_deref()
+            .is_none_or(|id| table.status(id).is_none())
+        {
+            new += 1;
+        }
+        if task_id.is_some_and(|id| status_url("", &id).is_none()) {
             table.reject_unaddressable(
                 "task_id \".\" and \"..\" name no status URL over HTTP; use another id",
             );
@@ -52,7 +62,7 @@ pub async fn admit_answer(table: &TaskTable, policy: &IntakePolicy, body: &[u8])
     if let Some(recorded) = recorded {
         recorded.await;
     }
-    requests.len()
+    new
 }
 
 /// The requests of an answer: none for an empty body or `[]`, the elements'
@@ -71,18 +81,14 @@ fn requests(body: &[u8]) -> Vec<&[u8]> {
     vec![text]
 }
 
-/// True for a request whose `task_id` is one no status can be posted for
-/// (`.` and `..`, which a URL resolves as dot segments).
-fn names_no_status_url(request: &[u8]) -> bool {
+/// The `task_id` of a request, if it has a readable one.
+fn task_id_of(request: &[u8]) -> Option<Cow<'_, str>> {
     #[derive(Deserialize)]
     struct Id<'a> {
         #[serde(borrow)]
         task_id: Option<Cow<'a, str>>,
     }
-    serde_json::from_slice::<Id>(request)
-        .ok()
-        .and_then(|id| id.task_id)
-        .is_some_and(|id| status_url("", &id).is_none())
+    serde_json::from_slice::<Id>(request).ok()?.task_id
 }
 
 #[cfg(test)]
@@ -123,6 +129,8 @@ mod tests {
 
     #[test]
     fn dot_ids_are_told_apart_from_their_lookalikes() {
+        let names_no_status_url =
+            |request| task_id_of(request).is_some_and(|id| status_url("", &id).is_none());
         assert!(names_no_status_url(br#"{"task_id": ".."}"#));
         assert!(names_no_status_url(br#"{"task_id": "\u002e"}"#));
         for other in [
@@ -133,6 +141,29 @@ mod tests {
         ] {
             assert!(!names_no_status_url(other));
         }
+    }
+
+    #[tokio::test]
+    async fn requests_for_tasks_already_held_are_not_new() {
+        let table = TaskTable::new(crate::table::TableSettings {
+            worker_id: "w".into(),
+            max_queue_size: 10,
+            history_limit: 10,
+            playbook_directory: ".".into(),
+            metrics: Default::default(),
+            journal: None,
+        });
+        let policy = IntakePolicy::new(std::path::Path::new("."), false).unwrap();
+        let first = br#"[{"task_id": "a"}, {"task_id": "b"}]"#;
+        assert_eq!(admit_answer(&table, &policy, first).await, 2);
+        let again = br#"[{"task_id": "b"}, {"task_id": "a"}, {"task_id": "c"}]"#;
+        assert_eq!(admit_answer(&table, &policy, again).await, 1);
+        assert_eq!(
+            admit_answer(&table, &policy, br#"{"task_id": "c"}"#).await,
+            0
+        );
+        // No readable id: nothing to match, so new (and rejected).
+        assert_eq!(admit_answer(&table, &policy, b"oops").await, 1);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! - An answer is `200` with one request object or an array of them, or
 //!   `204` (or `200` with `[]` or no body) when there is none; `answer`
 //!   hands its requests to intake.
-//! - After a non-empty answer the worker polls again at once; after an
-//!   empty one it waits `poll.interval`; after a failure (no answer, a time
+//! - After an answer with a new request the worker polls again at once;
+//!   after an empty one, or one that only repeats tasks it holds (a
+//!   controller handing a task out until its status arrives), it waits
+//!   `poll.interval`; after a failure (no answer, a time
 //!   out, a status other than 200/204) it backs off (`transport::backoff`,
 //!   capped at the larger of the interval and a minute), or waits what a 429
 //!   or 503 asks for with `Retry-After` (`retry`). A failure is logged once
