@@ -292,6 +292,12 @@ async fn a_cancel_through_the_workers_api_is_posted() {
         controller.seen(|s| s.state_changes("long-1")),
         ["queued", "running", "cancelled"]
     );
+    // A submit whose status could not be posted is refused, not run.
+    let dots = r#"{"task_id": "..", "playbook": "ledger.yml", "inventory": "localhost.yml"}"#;
+    let reply = http.post("/api/tasks", dots);
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("status URL"), "{}", reply.body);
+    assert_eq!(http.get("/api/tasks/..").status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,7 +149,7 @@ async fn submit(
         .source
         .submit(payload, &spec.task_id)
         .await
-        .map_err(unavailable)?;
+        .map_err(refused)?;
     body.insert("task_id".into(), Value::String(spec.task_id.clone()));
     Ok(accepted(&spec.task_id, Value::Object(body)))
 }
@@ -206,12 +206,16 @@ async fn cancel(
         .source
         .cancel(&id, payload.to_string().into_bytes())
         .await
-        .map_err(unavailable)?;
+        .map_err(refused)?;
     Ok(accepted(&id, json!({ "task_id": id })))
 }
 
-fn unavailable(why: crate::transport::Unavailable) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why.0)
+fn refused(why: crate::transport::Refused) -> ApiError {
+    use crate::transport::Refused;
+    match why {
+        Refused::Unavailable(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason),
+        Refused::Invalid(reason) => ApiError::new(StatusCode::BAD_REQUEST, reason),
+    }
 }
 
 async fn rejected(State(state): State<AppState>) -> Json<Vec<RejectedRequest>> {

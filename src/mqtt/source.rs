@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::topics::Topics;
-use crate::transport::{BoxFuture, LinkState, TaskSource, Unavailable};
+use crate::transport::{BoxFuture, LinkState, Refused, TaskSource};
 
 /// The broker connection as a task source.
 pub struct MqttSource {
@@ -28,9 +28,9 @@ impl MqttSource {
         }
     }
 
-    async fn publish(&self, topic: String, qos: QoS, payload: Vec<u8>) -> Result<(), Unavailable> {
+    async fn publish(&self, topic: String, qos: QoS, payload: Vec<u8>) -> Result<(), Refused> {
         if !self.link.borrow().up {
-            return Err(Unavailable(
+            return Err(Refused::Unavailable(
                 "not connected to the MQTT broker; try again shortly".into(),
             ));
         }
@@ -39,7 +39,7 @@ impl MqttSource {
             .await
             .map_err(|e| {
                 tracing::warn!("cannot forward an HTTP request to the broker: {e}");
-                Unavailable("cannot reach the MQTT broker".into())
+                Refused::Unavailable("cannot reach the MQTT broker".into())
             })
     }
 }
@@ -57,7 +57,7 @@ impl TaskSource for MqttSource {
         &self,
         payload: Vec<u8>,
         task_id: &str,
-    ) -> BoxFuture<'_, Result<Map<String, Value>, Unavailable>> {
+    ) -> BoxFuture<'_, Result<Map<String, Value>, Refused>> {
         let status_topic = self.topics.status(task_id);
         Box::pin(async move {
             self.publish(self.topics.tasks(), QoS::ExactlyOnce, payload)
@@ -69,7 +69,7 @@ impl TaskSource for MqttSource {
         })
     }
 
-    fn cancel(&self, task_id: &str, body: Vec<u8>) -> BoxFuture<'_, Result<(), Unavailable>> {
+    fn cancel(&self, task_id: &str, body: Vec<u8>) -> BoxFuture<'_, Result<(), Refused>> {
         let topic = self.topics.cancel(task_id);
         Box::pin(self.publish(topic, QoS::AtLeastOnce, body))
     }

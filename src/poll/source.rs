@@ -7,9 +7,10 @@ use serde_json::Map;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::retry::status_url;
 use crate::intake::IntakePolicy;
 use crate::table::TaskTable;
-use crate::transport::{self, BoxFuture, LinkState, TaskSource, Unavailable};
+use crate::transport::{self, BoxFuture, LinkState, Refused, TaskSource};
 
 /// The polled controller as a task source.
 pub struct PollSource {
@@ -48,12 +49,18 @@ impl TaskSource for PollSource {
 
     /// Admits the request here, answering once what it became is journaled;
     /// nothing to add to the answer (the task's status is at
-    /// `/api/tasks/<id>`).
+    /// `/api/tasks/<id>`). A task id no status URL can name (`.`, `..`) is
+    /// refused, as it is when polled.
     fn submit(
         &self,
         payload: Vec<u8>,
-        _task_id: &str,
-    ) -> BoxFuture<'_, Result<Map<String, serde_json::Value>, Unavailable>> {
+        task_id: &str,
+    ) -> BoxFuture<'_, Result<Map<String, serde_json::Value>, Refused>> {
+        if status_url("", task_id).is_none() {
+            return Box::pin(std::future::ready(Err(Refused::Invalid(format!(
+                "task_id {task_id:?} names no status URL on the controller; use another id"
+            )))));
+        }
         let recorded = transport::admit(&self.table, &self.policy, &payload, |_| None);
         Box::pin(async move {
             if let Some(recorded) = recorded {
@@ -63,7 +70,7 @@ impl TaskSource for PollSource {
         })
     }
 
-    fn cancel(&self, task_id: &str, body: Vec<u8>) -> BoxFuture<'_, Result<(), Unavailable>> {
+    fn cancel(&self, task_id: &str, body: Vec<u8>) -> BoxFuture<'_, Result<(), Refused>> {
         transport::cancel(&self.table, task_id, &body);
         Box::pin(std::future::ready(Ok(())))
     }

@@ -47,11 +47,16 @@ pub struct LinkState {
     pub subscribed: bool,
 }
 
-/// Why the worker's own API could not hand on a submit or cancel (answered
-/// 503: the client may try again).
+/// Why the worker's own API could not hand on a submit or cancel.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unavailable(pub String);
+pub enum Refused {
+    /// Not now (answered 503: the client may try again).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Never, through this transport (answered 400).
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Where task requests come from.
 pub trait TaskSource: Send + Sync {
@@ -69,11 +74,11 @@ pub trait TaskSource: Send + Sync {
         &self,
         payload: Vec<u8>,
         task_id: &str,
-    ) -> BoxFuture<'_, Result<serde_json::Map<String, serde_json::Value>, Unavailable>>;
+    ) -> BoxFuture<'_, Result<serde_json::Map<String, serde_json::Value>, Refused>>;
 
     /// Hands on a cancel made through the worker's own API; `body` is the
     /// cancel request (`{}` or `{"reason": "..."}`).
-    fn cancel(&self, task_id: &str, body: Vec<u8>) -> BoxFuture<'_, Result<(), Unavailable>>;
+    fn cancel(&self, task_id: &str, body: Vec<u8>) -> BoxFuture<'_, Result<(), Refused>>;
 
     /// Stops taking new requests (at shutdown).
     fn stop_intake(&self);
