@@ -9,6 +9,10 @@
 //! phone-width `dashboard-screenshot-phone.png`) behind to look at.
 
 mod common;
+mod dashboard {
+    //! Further scenarios, each in a file of its own.
+    pub mod burst;
+}
 
 use std::fs::File;
 use std::io::{Read, Write};

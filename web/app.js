@@ -19,8 +19,7 @@ const CONFIRM_MS = 4000;
 const tasks = new Map();
 let nextSeq = 0;
 let selectedId = null;
-/** Log lines of the selected task, and lines that arrived while fetching. */
-let logLines = [];
+/** Lines that arrived for the selected task while its log was fetched. */
 let logPending = null;
 
 const $ = (id) => document.getElementById(id);
@@ -308,37 +307,109 @@ function fillRow(row, entry) {
   row.setAttribute("aria-selected", String(view.task_id === selectedId));
 }
 
-/** Brings the table in line with `tasks`: rows newest first, filter applied. */
+/** The rows on the page by task id (tasks the filter hides have none). */
+const rowsById = new Map();
+/** Tasks changed or forgotten since the table was last brought in line. */
+const dirtyIds = new Set();
+
+function shown(entry) {
+  const filter = $("state-filter").value;
+  return Boolean(entry) && (!filter || entry.view.state === filter);
+}
+
+function updateEmpty() {
+  $("tasks-empty").hidden = rowsById.size > 0;
+  $("tasks-empty").textContent = tasks.size === 0 ? "No tasks yet." : "No tasks in this state.";
+}
+
+/** Brings the whole table in line with `tasks`: rows newest first, filter
+ * applied (a new snapshot or another filter; single changes go through
+ * `changed`). */
 function renderTable() {
   const body = $("task-rows");
-  const filter = $("state-filter").value;
-  const rows = new Map();
-  for (const row of body.querySelectorAll("tr[data-task-id]")) rows.set(row.dataset.taskId, row);
-  const ordered = [...tasks.values()]
-    .filter((entry) => !filter || entry.view.state === filter)
-    .sort((a, b) => b.seq - a.seq);
+  const ordered = [...tasks.values()].filter(shown).sort((a, b) => b.seq - a.seq);
+  const stale = new Map(rowsById);
+  rowsById.clear();
   let previous = null;
   for (const entry of ordered) {
     const id = entry.view.task_id;
-    let row = rows.get(id);
-    rows.delete(id);
-    if (!row) row = buildRow(id);
+    const row = stale.get(id) || buildRow(id);
+    stale.delete(id);
+    rowsById.set(id, row);
     fillRow(row, entry);
     const wanted = previous ? previous.nextSibling : body.firstChild;
     if (wanted !== row) body.insertBefore(row, wanted);
     previous = row;
   }
-  for (const stale of rows.values()) stale.remove();
-  $("tasks-empty").hidden = ordered.length > 0;
-  $("tasks-empty").textContent = tasks.size === 0 ? "No tasks yet." : "No tasks in this state.";
+  for (const row of stale.values()) row.remove();
+  dirtyIds.clear();
+  updateEmpty();
 }
 
-function renderOne(id) {
-  const entry = tasks.get(id);
-  const row = $("task-rows").querySelector(`tr[data-task-id="${CSS.escape(id)}"]`);
-  const filter = $("state-filter").value;
-  if (row && entry && (!filter || entry.view.state === filter)) fillRow(row, entry);
-  else renderTable();
+/** Marks a task's row for the next frame (however many events arrive
+ * before it, the page is updated once). */
+function changed(id) {
+  dirtyIds.add(id);
+  nextFrame();
+}
+
+/** The first row older than `seq` (rows are newest first), or null. */
+function rowAfter(seq) {
+  const rows = $("task-rows").children;
+  let low = 0;
+  let high = rows.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    const entry = tasks.get(rows[middle].dataset.taskId);
+    if (entry && entry.seq > seq) low = middle + 1;
+    else high = middle;
+  }
+  return rows[low] || null;
+}
+
+/** Updates, adds or removes the rows of the tasks marked by `changed`; a
+ * new row goes to its place, oldest first so that a burst lands on top. */
+function renderChanged() {
+  if (dirtyIds.size === 0) return;
+  const body = $("task-rows");
+  const added = [];
+  for (const id of dirtyIds) {
+    const entry = tasks.get(id);
+    const row = rowsById.get(id);
+    if (!shown(entry)) {
+      if (row) row.remove();
+      rowsById.delete(id);
+    } else if (row) fillRow(row, entry);
+    else added.push(entry);
+  }
+  dirtyIds.clear();
+  added.sort((a, b) => a.seq - b.seq);
+  for (const entry of added) {
+    const row = buildRow(entry.view.task_id);
+    fillRow(row, entry);
+    const first = body.firstElementChild;
+    const firstEntry = first && tasks.get(first.dataset.taskId);
+    body.insertBefore(row, !firstEntry || firstEntry.seq < entry.seq ? first : rowAfter(entry.seq));
+    rowsById.set(entry.view.task_id, row);
+  }
+  updateEmpty();
+}
+
+let framePending = false;
+
+/** Runs the pending page updates once, at the next frame (or shortly, where
+ * a hidden tab gets no frames). */
+function nextFrame() {
+  if (framePending) return;
+  framePending = true;
+  const run = () => {
+    if (!framePending) return;
+    framePending = false;
+    renderChanged();
+    flushLog();
+  };
+  requestAnimationFrame(run);
+  setTimeout(run, 250);
 }
 
 /** Ticks the duration of running tasks once a second. */
@@ -400,15 +471,14 @@ function flash(text, kind) {
 function select(id) {
   if (selectedId !== id) {
     selectedId = id;
-    logLines = [];
-    $("detail-log").textContent = "";
+    showLog([]);
     loadLog(id);
   }
   for (const row of $("task-rows").querySelectorAll("tr.selected")) {
     row.classList.remove("selected");
     row.setAttribute("aria-selected", "false");
   }
-  const row = $("task-rows").querySelector(`tr[data-task-id="${CSS.escape(id)}"]`);
+  const row = rowsById.get(id);
   if (row) {
     row.classList.add("selected");
     row.setAttribute("aria-selected", "true");
@@ -511,9 +581,11 @@ async function loadLog(id) {
     if (end.every((line, i) => line === pending.lines[i])) break;
     overlap--;
   }
-  logLines = tail.concat(pending.lines.slice(overlap));
-  renderLog();
+  showLog(tail.concat(pending.lines.slice(overlap)));
 }
+
+/** Lines of the selected task's log waiting for the next frame. */
+let logQueue = [];
 
 function appendLog(id, line) {
   if (id !== selectedId) return;
@@ -521,16 +593,39 @@ function appendLog(id, line) {
     logPending.lines.push(line);
     return;
   }
-  logLines.push(line);
-  renderLog();
+  logQueue.push(line);
+  nextFrame();
 }
 
-function renderLog() {
-  if (logLines.length > MAX_LOG_LINES) logLines = logLines.slice(-MAX_LOG_LINES);
+/** Shows `lines` as the whole log (the last MAX_LOG_LINES of them). */
+function showLog(lines) {
+  $("detail-log").replaceChildren();
+  logQueue = lines;
+  flushLog();
+}
+
+/** Appends the queued lines to the log, one text node each, and drops the
+ * oldest beyond MAX_LOG_LINES: the shown text is never rebuilt. */
+function flushLog() {
+  if (logQueue.length === 0) return;
   const pre = $("detail-log");
+  const lines = logQueue.slice(-MAX_LOG_LINES);
+  logQueue = [];
   const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
-  // Ansible starts its output with an empty line.
-  pre.textContent = logLines.join("\n").replace(/^\n+/, "");
+  const nodes = [];
+  let first = !pre.firstChild;
+  for (const line of lines) {
+    // Ansible starts its output with an empty line.
+    if (first && line === "") continue;
+    nodes.push(document.createTextNode(first ? line : `\n${line}`));
+    first = false;
+  }
+  pre.append(...nodes);
+  let excess = pre.childNodes.length - MAX_LOG_LINES;
+  if (excess > 0) {
+    while (excess-- > 0) pre.firstChild.remove();
+    pre.firstChild.data = pre.firstChild.data.replace(/^\n/, "");
+  }
   if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
@@ -550,7 +645,12 @@ function connectEvents() {
   const url = token ? `api/events?access_token=${encodeURIComponent(token)}` : "api/events";
   source = new EventSource(url);
   setLive("connecting");
-  source.addEventListener("open", () => setLive("live"));
+  source.addEventListener("open", () => {
+    setLive("live");
+    // What the stream does not carry may have changed while it was down.
+    soon(refreshWorker);
+    soon(refreshRejected);
+  });
   source.addEventListener("snapshot", (event) => {
     const list = JSON.parse(event.data);
     tasks.clear();
@@ -564,10 +664,17 @@ function connectEvents() {
   source.addEventListener("status", (event) => {
     const view = JSON.parse(event.data);
     upsert(view);
-    renderOne(view.task_id);
+    changed(view.task_id);
     if (view.task_id === selectedId) renderDetail();
     soon(refreshWorker);
     if (FINAL_STATES.has(view.state) && !view.started_at) soon(refreshRejected);
+  });
+  source.addEventListener("trimmed", (event) => {
+    // The server's history no longer holds them: neither does the page.
+    for (const id of JSON.parse(event.data).task_ids) {
+      tasks.delete(id);
+      changed(id);
+    }
   });
   source.addEventListener("log", (event) => {
     const { task_id: id, line } = JSON.parse(event.data);
@@ -748,7 +855,9 @@ function start() {
   refreshWorker()
     .then(() => Promise.all([loadPlaybooks(), refreshRejected()]))
     .finally(connectEvents);
+  // The live stream keeps the page current; polls only while it is down.
   setInterval(() => {
+    if (source && source.readyState === EventSource.OPEN) return;
     refreshWorker();
     refreshRejected();
   }, POLL_MS);

@@ -1,8 +1,10 @@
 //! `GET /api/events`: Server-Sent Events of the task table.
 //!
 //! A new client first gets a `snapshot` event (every task, newest first),
-//! then one `status` event per change and one `log` event per output line of
-//! a running task, taken atomically so nothing is missed or repeated. A
+//! then one `status` event per change, one `log` event per output line of
+//! a running task and a `trimmed` event (`{"task_ids": [...]}`) naming the
+//! finished tasks a change dropped from the history, taken atomically so
+//! nothing is missed or repeated. A
 //! client that falls behind the broadcast buffer is dropped (its EventSource
 //! reconnects and starts from a new snapshot): it never slows the worker.
 
@@ -46,6 +48,9 @@ async fn events(
                 LiveEvent::Log { task_id, line } => Event::default()
                     .event("log")
                     .json_data(serde_json::json!({ "task_id": task_id, "line": line })),
+                LiveEvent::Trimmed { task_ids } => Event::default()
+                    .event("trimmed")
+                    .json_data(serde_json::json!({ "task_ids": task_ids })),
             };
             event.unwrap_or_default()
         });

@@ -443,16 +443,25 @@ impl Inner {
         self.end(id, ending);
     }
 
+    /// Moves a finished task into the history; the oldest ones beyond
+    /// `history_limit` leave the table, told to live views in one event.
     fn remember_finished(&mut self, id: String) {
         self.finished.push_back(id);
-        while self.finished.len() > self.settings.history_limit {
-            if let Some(old) = self.finished.pop_front() {
-                self.tasks.remove(&old);
-                if let Some(journal) = &self.settings.journal {
-                    journal.forget(&old);
-                }
+        let excess = self
+            .finished
+            .len()
+            .saturating_sub(self.settings.history_limit);
+        if excess == 0 {
+            return;
+        }
+        let dropped: Vec<String> = self.finished.drain(..excess).collect();
+        for old in &dropped {
+            self.tasks.remove(old);
+            if let Some(journal) = &self.settings.journal {
+                journal.forget(old);
             }
         }
+        let _ = self.live.send(LiveEvent::Trimmed { task_ids: dropped });
     }
 }
 

@@ -215,6 +215,22 @@ fn history_is_bounded() {
     assert!(table.status("c").is_some());
 }
 
+#[test]
+fn live_views_are_told_which_tasks_left_the_history() {
+    let table = table(10, 2);
+    let (_, mut live) = table.snapshot_and_live();
+    for id in ["a", "b", "c", "d"] {
+        table.refuse(id, "bad", None);
+    }
+    let mut trimmed = vec![];
+    while let Ok(event) = live.try_recv() {
+        if let view::LiveEvent::Trimmed { task_ids } = event {
+            trimmed.push(task_ids);
+        }
+    }
+    assert_eq!(trimmed, [["a"], ["b"]]);
+}
+
 /// A table that journals into `dir`, with what the journal held.
 fn journaled_table(
     dir: &std::path::Path,

@@ -55,6 +55,12 @@ pub enum LiveEvent {
         /// The line.
         line: String,
     },
+    /// Finished tasks left the history (beyond `history_limit`), oldest
+    /// first: every one a change dropped, in one event.
+    Trimmed {
+        /// The tasks no longer held.
+        task_ids: Vec<String>,
+    },
 }
 
 /// One page of the task listing.
