@@ -13,14 +13,16 @@ use crate::*;
 const BURST: usize = 2000;
 /// The appliance's `worker.history_limit`.
 const HISTORY: usize = 200;
-/// Longest main-thread task allowed during the burst (ms). Generous: on a
-/// loaded 2-core machine the page shared with the worker and its 2,000 runs
-/// measured up to 1 s; redrawing the whole table for every new task (the
-/// page before the trimmed event) froze it for over 100 s.
-const LONGEST_TASK_MS: f64 = 2500.0;
+/// Longest main-thread task allowed during the burst (ms). Not a speed
+/// target (the figures are printed): a bound that only the old behaviour
+/// breaks. On a loaded 2-core machine the page, sharing it with the worker
+/// and its 2,000 runs, measured up to 1.4 s; redrawing the whole table for
+/// every new task (the page before the trimmed event) froze it for over
+/// 100 s.
+const LONGEST_TASK_MS: f64 = 10_000.0;
 /// Total main-thread long-task time allowed during the burst (ms): measured
-/// 3.6 s, and 181 s with the whole-table redraw.
-const TOTAL_LONG_TASKS_MS: f64 = 10_000.0;
+/// 3.6–5.2 s, and 181 s with the whole-table redraw.
+const TOTAL_LONG_TASKS_MS: f64 = 40_000.0;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_keeps_up_with_a_burst_and_shows_the_servers_history() {
