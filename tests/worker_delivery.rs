@@ -195,7 +195,7 @@ async fn retained_status(port: u16, group: &str, task_id: &str) -> Option<(Value
 async fn final_statuses_expire_after_status_expiry() {
     let broker = Mosquitto::start();
     let mut setup = WorkerSetup::new("expiry", broker.port);
-    setup.extra_worker = "status_expiry = 2".into();
+    setup.extra_worker = "status_expiry = 3".into();
     let _worker = setup.start();
     let observer = Observer::start(broker.port, "expiry").await;
     let ledger = Ledger::new();
@@ -206,7 +206,7 @@ async fn final_statuses_expire_after_status_expiry() {
         .await
         .expect("the final status is retained at first");
     assert_eq!(doc["state"], "success");
-    assert!(matches!(expiry, Some(1..=2)), "{expiry:?}");
+    assert!(matches!(expiry, Some(2..=3)), "{expiry:?}");
     // Then the broker forgets it.
     let mut gone = false;
     for _ in 0..100 {

@@ -199,7 +199,10 @@ fn expiry_left(status: &TaskStatus, expiry: Option<Duration>) -> Option<u32> {
     let age = (chrono::Utc::now() - completed)
         .to_std()
         .unwrap_or_default();
-    let left = expiry.saturating_sub(age).as_secs();
+    // Rounded up: brokers count expiry in whole seconds from their own clock
+    // tick, so a truncated 1.7 s could expire a status a moment after it is
+    // retained.
+    let left = expiry.saturating_sub(age).as_millis().div_ceil(1000);
     Some(u32::try_from(left).unwrap_or(u32::MAX))
 }
 
@@ -250,9 +253,15 @@ mod tests {
         assert_eq!(expiry_left(&running, expiry), None);
         let mut done = TaskStatus::new("t", "w", TaskState::Success);
         assert_eq!(expiry_left(&done, None), None);
-        assert!(matches!(expiry_left(&done, expiry), Some(59..=60)));
+        assert_eq!(expiry_left(&done, expiry), Some(60));
+        done.completed_at = Some(chrono::Utc::now() - chrono::Duration::milliseconds(300));
+        assert_eq!(
+            expiry_left(&done, expiry),
+            Some(60),
+            "rounded up, never early"
+        );
         done.completed_at = Some(chrono::Utc::now() - chrono::Duration::seconds(45));
-        assert!(matches!(expiry_left(&done, expiry), Some(14..=15)));
+        assert_eq!(expiry_left(&done, expiry), Some(15));
         done.completed_at = Some(chrono::Utc::now() - chrono::Duration::seconds(61));
         assert_eq!(expiry_left(&done, expiry), Some(0));
     }
