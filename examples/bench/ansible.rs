@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::load::Controller;
-use crate::procs::{BrokerChoice, Worker, WorkerConfig};
+use crate::procs::{BrokerChoice, Worker, WorkerConfig, WorkerKind};
 use crate::report::{Spread, Table, cell};
 use crate::scenario::Bench;
 
@@ -47,6 +47,7 @@ pub fn compare(bench: &Bench, ansible_playbook: &Path, rounds: usize) -> Result<
     std::fs::write(playbooks.join("inventory.yml"), INVENTORY)?;
     let group = format!("bench-ansible-{:06x}", fastrand::u32(..0x100_0000));
     let config = WorkerConfig {
+        kind: WorkerKind::Ours,
         group: &group,
         playbook_dir: &playbooks,
         ansible_playbook,

@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use procs::Mosquitto;
+use procs::{Mosquitto, WorkerKind};
 use report::percentile;
 use scenario::{Bench, BrokerKind, RoundFigures, Scenario, StubKind};
 
@@ -60,6 +60,12 @@ struct Args {
     /// example's cargo profile.
     #[arg(long)]
     worker: Option<PathBuf>,
+    /// The original MQTT worker's binary (blalabs/ansible-worker, built
+    /// outside this repository): each round also measures it through
+    /// Mosquitto at its only concurrency, 1, with a YAML config the bench
+    /// writes.
+    #[arg(long)]
+    seed_worker: Option<PathBuf>,
     /// A label printed with the results (e.g. "before the journal").
     #[arg(long)]
     label: Option<String>,
@@ -94,6 +100,9 @@ fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| project_dir().join(".venv/bin/ansible-playbook"));
     let compare_ansible = !args.no_ansible && (args.ansible || !args.quick);
+    if args.seed_worker.is_some() && !args.brokers.contains(&BrokerKind::Mosquitto) {
+        bail!("--seed-worker needs the mosquitto broker in --brokers");
+    }
     if args.ansible && !ansible_playbook.exists() {
         bail!(
             "{} is missing: run ./scripts/setup",
@@ -128,6 +137,7 @@ fn main() -> Result<()> {
     let bench = Bench {
         runtime: &runtime,
         binary: &binary,
+        seed_binary: args.seed_worker.as_deref(),
         scratch: scratch.path(),
         playbook_dir: &playbook_dir,
         stub: &stub,
@@ -136,23 +146,28 @@ fn main() -> Result<()> {
         batch: args.batch.unwrap_or(tasks).max(1),
         sequential_tasks: seq_tasks,
     };
-    let scenarios: Vec<Scenario> = args
-        .brokers
-        .iter()
-        .flat_map(|&broker| {
+    let seed = args.seed_worker.as_ref().map(|_| Scenario {
+        worker: WorkerKind::Seed,
+        broker: BrokerKind::Mosquitto,
+        concurrency: 1,
+    });
+    let scenarios: Vec<Scenario> = seed
+        .into_iter()
+        .chain(args.brokers.iter().flat_map(|&broker| {
             args.concurrency.iter().map(move |&concurrency| Scenario {
+                worker: WorkerKind::Ours,
                 broker,
                 concurrency,
             })
-        })
+        }))
         .collect();
     let mut results: Vec<(Scenario, Vec<RoundFigures>)> =
         scenarios.iter().map(|s| (*s, Vec::new())).collect();
     for round in 1..=rounds {
         for (scenario, figures) in &mut results {
             eprintln!(
-                "round {round}/{rounds}: {} broker, concurrency {}",
-                scenario.broker, scenario.concurrency
+                "round {round}/{rounds}: {}, {} broker, concurrency {}",
+                scenario.worker, scenario.broker, scenario.concurrency
             );
             figures.push(bench.round(round, *scenario)?);
         }
@@ -265,6 +280,9 @@ fn print_header(
     );
     println!("- machine: {cores} cores available, CPU {cpu}");
     println!("- worker: {version} at `{}`", binary.display());
+    if let Some(seed) = &args.seed_worker {
+        println!("- original worker: `{}`", seed.display());
+    }
     println!("- bench source: commit {commit}");
     println!(
         "- settings: {rounds} round(s) per figure, {tasks} tasks per burst{}, \

@@ -162,8 +162,33 @@ pub enum BrokerChoice {
     Embedded,
 }
 
+/// Which program a round measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// `ansible-worker` (TOML config, `/readyz`).
+    Ours,
+    /// The original MQTT worker (`--seed-worker`): YAML config, one executor,
+    /// no HTTP listener; ready once its log says it subscribed.
+    Seed,
+}
+
+impl std::fmt::Display for WorkerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerKind::Ours => "ansible-worker",
+            WorkerKind::Seed => "original",
+        })
+    }
+}
+
+/// The line the original worker logs once its task subscription is
+/// acknowledged.
+const SEED_READY_LINE: &str = "Subscribed to task topic";
+
 /// Everything a worker config needs.
 pub struct WorkerConfig<'a> {
+    /// The program the config is written for.
+    pub kind: WorkerKind,
     /// `worker.group_name` (unique per run, so retained statuses of earlier
     /// runs are not delivered again).
     pub group: &'a str,
@@ -186,6 +211,7 @@ pub struct Worker {
     pub mqtt_port: u16,
     /// Its dashboard / health port.
     pub http_port: u16,
+    kind: WorkerKind,
     dir: PathBuf,
     process: Guarded,
     spawned: Instant,
@@ -195,34 +221,10 @@ impl Worker {
     /// Writes the config into `dir` (which must exist) and starts `binary`.
     pub fn spawn(binary: &Path, dir: &Path, config: &WorkerConfig) -> Result<Self> {
         let http_port = free_port()?;
-        let (mqtt_port, mqtt_section) = match config.broker {
-            BrokerChoice::External(port) => {
-                (port, format!("host = \"127.0.0.1\"\nport = {port}\n"))
-            }
-            BrokerChoice::Embedded => (free_port()?, String::new()),
+        let (config_path, mqtt_port) = match config.kind {
+            WorkerKind::Ours => write_config(dir, config, http_port)?,
+            WorkerKind::Seed => write_seed_config(dir, config)?,
         };
-        let broker_section = match config.broker {
-            BrokerChoice::External(_) => "enabled = false\n".to_owned(),
-            BrokerChoice::Embedded => {
-                format!("enabled = true\nlisten = \"127.0.0.1:{mqtt_port}\"\n")
-            }
-        };
-        let text = format!(
-            "log_level = \"info\"\n\n[worker]\ngroup_name = \"{group}\"\nworker_id = \"bench-1\"\n\
-             playbook_directory = {playbooks:?}\nconcurrency = {concurrency}\n\
-             max_queue_size = {capacity}\nhistory_limit = {capacity}\n\
-             ansible_playbook_path = {ansible:?}\nstate_dir = {state:?}\n\n\
-             [mqtt]\n{mqtt_section}keepalive = 30\n\n[broker]\n{broker_section}\n\
-             [http]\nenabled = true\nlisten = \"127.0.0.1:{http_port}\"\n",
-            group = config.group,
-            playbooks = config.playbook_dir.display().to_string(),
-            concurrency = config.concurrency,
-            capacity = config.capacity,
-            ansible = config.ansible_playbook.display().to_string(),
-            state = dir.join("state").display().to_string(),
-        );
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, text)?;
         let log = std::fs::File::create(dir.join("worker.log"))?;
         let spawned = Instant::now();
         let process = Guarded::spawn(
@@ -231,25 +233,34 @@ impl Worker {
                 .arg(&config_path)
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(log.try_clone()?)
                 .stderr(log),
         )
         .with_context(|| format!("cannot start {}", binary.display()))?;
         Ok(Worker {
             mqtt_port,
             http_port,
+            kind: config.kind,
             dir: dir.to_owned(),
             process,
             spawned,
         })
     }
 
-    /// Polls `/readyz` until it answers 200; the time since the process was
-    /// spawned.
+    /// Waits until the worker takes tasks (`/readyz` answers 200, or the
+    /// original worker logged its subscription); the time since the process
+    /// was spawned.
     pub fn wait_ready(&mut self) -> Result<Duration> {
         let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        let log = self.dir.join("worker.log");
         loop {
-            if ureq::get(&url).call().is_ok() {
+            let ready = match self.kind {
+                WorkerKind::Ours => ureq::get(&url).call().is_ok(),
+                WorkerKind::Seed => {
+                    std::fs::read_to_string(&log).is_ok_and(|text| text.contains(SEED_READY_LINE))
+                }
+            };
+            if ready {
                 return Ok(self.spawned.elapsed());
             }
             if self.process.exited() {
@@ -318,4 +329,56 @@ impl Worker {
 
 fn kib_to_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+/// Writes `ansible-worker`'s TOML config into `dir`; its path and the MQTT
+/// port the worker's clients use.
+fn write_config(dir: &Path, config: &WorkerConfig, http_port: u16) -> Result<(PathBuf, u16)> {
+    let (mqtt_port, mqtt_section) = match config.broker {
+        BrokerChoice::External(port) => (port, format!("host = \"127.0.0.1\"\nport = {port}\n")),
+        BrokerChoice::Embedded => (free_port()?, String::new()),
+    };
+    let broker_section = match config.broker {
+        BrokerChoice::External(_) => "enabled = false\n".to_owned(),
+        BrokerChoice::Embedded => format!("enabled = true\nlisten = \"127.0.0.1:{mqtt_port}\"\n"),
+    };
+    let text = format!(
+        "log_level = \"info\"\n\n[worker]\ngroup_name = \"{group}\"\nworker_id = \"bench-1\"\n\
+         playbook_directory = {playbooks:?}\nconcurrency = {concurrency}\n\
+         max_queue_size = {capacity}\nhistory_limit = {capacity}\n\
+         ansible_playbook_path = {ansible:?}\nstate_dir = {state:?}\n\n\
+         [mqtt]\n{mqtt_section}keepalive = 30\n\n[broker]\n{broker_section}\n\
+         [http]\nenabled = true\nlisten = \"127.0.0.1:{http_port}\"\n",
+        group = config.group,
+        playbooks = config.playbook_dir.display().to_string(),
+        concurrency = config.concurrency,
+        capacity = config.capacity,
+        ansible = config.ansible_playbook.display().to_string(),
+        state = dir.join("state").display().to_string(),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text)?;
+    Ok((path, mqtt_port))
+}
+
+/// Writes the original worker's YAML config into `dir` (external broker
+/// only; it has one executor and no history limit); its path and the MQTT
+/// port.
+fn write_seed_config(dir: &Path, config: &WorkerConfig) -> Result<(PathBuf, u16)> {
+    let BrokerChoice::External(port) = config.broker else {
+        bail!("the original worker needs an external broker");
+    };
+    let text = format!(
+        "transport: mqtt\nlog_level: \"INFO\"\nmqtt:\n  host: \"127.0.0.1\"\n  port: {port}\n  keepalive: 30\n\
+         worker:\n  group_name: \"{group}\"\n  worker_id: \"bench-seed\"\n  playbook_directory: {playbooks:?}\n\
+         \x20 topic_prefix: \"ansible\"\n  max_queue_size: {capacity}\n  task_timeout: 3600\n\
+         \x20 ansible_playbook_path: {ansible:?}\n",
+        group = config.group,
+        playbooks = config.playbook_dir.display().to_string(),
+        capacity = config.capacity,
+        ansible = config.ansible_playbook.display().to_string(),
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text)?;
+    Ok((path, port))
 }

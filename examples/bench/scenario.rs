@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 
 use crate::load::{BatchFigures, Controller};
-use crate::procs::{BrokerChoice, Worker, WorkerConfig};
+use crate::procs::{BrokerChoice, Worker, WorkerConfig, WorkerKind};
 use crate::report::{Spread, Table, cell, percentile};
 
 /// Which broker a scenario goes through.
@@ -31,9 +31,11 @@ impl fmt::Display for BrokerKind {
     }
 }
 
-/// A broker and a worker concurrency.
+/// A worker program, a broker and a worker concurrency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scenario {
+    /// The program measured.
+    pub worker: WorkerKind,
     /// The broker.
     pub broker: BrokerKind,
     /// `worker.concurrency`.
@@ -46,6 +48,8 @@ pub struct Bench<'a> {
     pub runtime: &'a Runtime,
     /// The `ansible-worker` binary.
     pub binary: &'a Path,
+    /// The original worker's binary (`--seed-worker`), if it is measured.
+    pub seed_binary: Option<&'a Path>,
     /// Directory for the rounds' own directories.
     pub scratch: &'a Path,
     /// Directory with `noop.yml` and `inventory.yml`.
@@ -87,7 +91,8 @@ impl Bench<'_> {
     /// Runs `scenario` once with a fresh worker.
     pub fn round(&self, round: usize, scenario: Scenario) -> Result<RoundFigures> {
         let group = format!(
-            "bench-{round}-{}-c{}-{:06x}",
+            "bench-{round}-{}-{}-c{}-{:06x}",
+            scenario.worker,
             scenario.broker,
             scenario.concurrency,
             fastrand::u32(..0x100_0000)
@@ -100,7 +105,12 @@ impl Bench<'_> {
             }
             BrokerKind::Embedded => BrokerChoice::Embedded,
         };
+        let binary = match scenario.worker {
+            WorkerKind::Ours => self.binary,
+            WorkerKind::Seed => self.seed_binary.context("no --seed-worker given")?,
+        };
         let config = WorkerConfig {
+            kind: scenario.worker,
             group: &group,
             playbook_dir: self.playbook_dir,
             ansible_playbook: self.stub,
@@ -108,7 +118,7 @@ impl Bench<'_> {
             capacity: (self.tasks + self.sequential_tasks).max(100),
             broker,
         };
-        let mut worker = Worker::spawn(self.binary, &dir, &config)?;
+        let mut worker = Worker::spawn(binary, &dir, &config)?;
         let ready = worker.wait_ready()?;
         let idle_rss_mib = worker.rss_mib()?;
         let sequential_tasks = if scenario.concurrency == 1 {
@@ -253,6 +263,7 @@ fn compile_native_stub(root: &Path, stub: &Path) -> Result<()> {
 /// rounds with min and max.
 pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
     let mut table = Table::new(&[
+        "worker",
         "broker",
         "concurrency",
         "tasks/s",
@@ -271,6 +282,7 @@ pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
         let of = |f: &dyn Fn(&RoundFigures) -> Option<f64>| Spread::of(rounds.iter().filter_map(f));
         let seq = |p: f64| of(&|r| Some(percentile(&r.sequential.as_ref()?.latencies_ms, p)));
         table.row([
+            scenario.worker.to_string(),
             scenario.broker.to_string(),
             scenario.concurrency.to_string(),
             cell(of(&|r| Some(r.burst.tasks_per_sec)), 0),
