@@ -155,10 +155,10 @@ impl Journal {
         let stored = store::load(&conn, path)?;
         let checkpoints = store::open_checkpointer(path)?;
         let (ops, rx) = std_mpsc::channel();
-        // One waiting request is enough: the checkpointer truncates once for
-        // however many finals came before it got to it. The writer dropping
-        // its end ends the checkpointer.
-        let (truncate, truncate_requests) = std_mpsc::sync_channel::<()>(1);
+        // One request is enough: the checkpointer truncates once for however
+        // many finals came before it got to it. The writer dropping its end
+        // ends the checkpointer.
+        let (truncate, truncate_requests) = writer::truncate_requests();
         let (health_tx, health) = watch::channel(JournalHealth::Writable);
         let file = path.to_path_buf();
         let spawned = thread::Builder::new()

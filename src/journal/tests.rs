@@ -347,3 +347,25 @@ async fn a_final_task_leaves_no_bytes_of_its_request_in_the_journal_files() {
     let (_, stored) = Journal::open(&path).unwrap();
     assert!(stored[1].spec.as_ref().unwrap().is_ok());
 }
+
+#[test]
+fn finals_wake_the_checkpointer_once_per_truncate() {
+    use std::time::Duration;
+    let (asker, requests) = writer::truncate_requests();
+    asker.ask();
+    assert!(requests.wait(Duration::ZERO).is_ok());
+    // The checkpointer has its request and waits for the truncate's time:
+    // the finals committed meanwhile must not wake it again.
+    asker.ask();
+    asker.ask();
+    assert!(
+        requests.wait(Duration::ZERO).is_err(),
+        "finals before the truncate woke the checkpointer again"
+    );
+    requests.taken();
+    asker.ask();
+    assert!(
+        requests.wait(Duration::ZERO).is_ok(),
+        "a final after the truncate started asks again"
+    );
+}

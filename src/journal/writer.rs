@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -159,7 +161,7 @@ pub(super) fn write_loop(
     path: &Path,
     ops: std_mpsc::Receiver<Op>,
     health: watch::Sender<JournalHealth>,
-    truncate: std_mpsc::SyncSender<()>,
+    truncate: TruncateAsker,
 ) {
     let mut pending = Pending::default();
     // Nobody listens until the table hands over its stream.
@@ -216,8 +218,7 @@ pub(super) fn write_loop(
                     retry = RETRY_FIRST;
                 }
                 if pending.clears_requests() {
-                    // Full means one is asked for already.
-                    let _ = truncate.try_send(());
+                    truncate.ask();
                 }
                 if let Some(done) = pending.forward(&mut stream) {
                     let _ = done.send(());
@@ -257,18 +258,66 @@ pub(super) fn write_loop(
     }
 }
 
+/// A channel of truncate requests that wakes the checkpointer once per
+/// truncate, not once per commit: until the checkpointer takes the request,
+/// further ones are already answered by it.
+pub(super) fn truncate_requests() -> (TruncateAsker, TruncateRequests) {
+    let asked = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std_mpsc::sync_channel(1);
+    (
+        TruncateAsker {
+            asked: asked.clone(),
+            tx,
+        },
+        TruncateRequests { asked, rx },
+    )
+}
+
+/// The writer's end of [`truncate_requests`].
+pub(super) struct TruncateAsker {
+    asked: Arc<AtomicBool>,
+    tx: std_mpsc::SyncSender<()>,
+}
+
+impl TruncateAsker {
+    /// Asks for a truncating checkpoint, unless one is asked for already.
+    pub(super) fn ask(&self) {
+        if !self.asked.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.try_send(());
+        }
+    }
+}
+
+/// The checkpointer's end of [`truncate_requests`].
+pub(super) struct TruncateRequests {
+    asked: Arc<AtomicBool>,
+    rx: std_mpsc::Receiver<()>,
+}
+
+impl TruncateRequests {
+    /// Waits up to `timeout` for a request.
+    pub(super) fn wait(&self, timeout: Duration) -> Result<(), std_mpsc::RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// The asked-for truncate starts now: a later commit asks again.
+    pub(super) fn taken(&self) {
+        self.asked.store(false, Ordering::Release);
+    }
+}
+
 /// The checkpoint thread: a passive checkpoint every [`CHECKPOINT_EVERY`],
 /// and a truncating one soon after each `truncate` request (at most one per
 /// [`TRUNCATE_GAP`]), so that the bytes of a cleared request do not linger
 /// in the WAL of an idle worker. Ends when the writer ended.
-pub(super) fn checkpoint_loop(conn: &rusqlite::Connection, truncate: &std_mpsc::Receiver<()>) {
+pub(super) fn checkpoint_loop(conn: &rusqlite::Connection, truncate: &TruncateRequests) {
     let mut next_passive = Instant::now() + CHECKPOINT_EVERY;
     let mut truncate_due: Option<Instant> = None;
     let mut last_truncate: Option<Instant> = None;
     let mut failing = false;
     loop {
         let next = truncate_due.map_or(next_passive, |due| due.min(next_passive));
-        match truncate.recv_timeout(next.saturating_duration_since(Instant::now())) {
+        match truncate.wait(next.saturating_duration_since(Instant::now())) {
             Ok(()) => {
                 let earliest = last_truncate.map_or(Instant::now(), |at| at + TRUNCATE_GAP);
                 truncate_due.get_or_insert(earliest.max(Instant::now()));
@@ -278,6 +327,8 @@ pub(super) fn checkpoint_loop(conn: &rusqlite::Connection, truncate: &std_mpsc::
         }
         let now = Instant::now();
         let result = if truncate_due.is_some_and(|due| due <= now) {
+            // Finals committed from here on ask again.
+            truncate.taken();
             let result = store::checkpoint_truncate(conn);
             truncate_due = match result {
                 Ok(true) => None,
