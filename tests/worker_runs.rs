@@ -162,14 +162,15 @@ async fn timeout_kills_a_task_that_traps_sigterm() {
         "processes of the timed-out run remain: {:?}",
         processes_with(&token)
     );
-    // The run's directory is removed right after its final status.
+    // The run's files are removed right after its final status (the
+    // callback plugin and the FIFOs kept for later runs stay).
     let runtime = s.worker.dir.path().join("state/runtime-timeout-w1");
     let run_dirs = || -> Vec<_> {
         std::fs::read_dir(&runtime)
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
-            .filter(|name| name != "plugins")
+            .filter(|name| name != "plugins" && name != "fifos")
             .collect()
     };
     assert!(

@@ -79,6 +79,12 @@ fn processes_with(window: Option<PidWindow>, matches: impl Fn(&[u8]) -> bool) ->
         Some(window) => pids_in(window),
         None => listed_pids(),
     };
+    matching(candidates, matches)
+}
+
+/// Those of `candidates` whose environment has a variable for which
+/// `matches` holds.
+fn matching(candidates: Vec<i32>, matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
     candidates
         .into_iter()
         .filter(|pid| {
@@ -104,11 +110,9 @@ fn listed_pids() -> Vec<i32> {
 /// whose environment is its process's (and signalling it signals the
 /// process).
 fn pids_in(window: PidWindow) -> Vec<i32> {
-    match last_pid() {
-        Some(last) if window.first <= last && last - window.first < PROBED_PIDS => {
-            (window.first..=last).collect()
-        }
-        _ => {
+    match short_window(window) {
+        Some(pids) => pids,
+        None => {
             let listed = listed_pids();
             // Read after the listing: every pid listed was allocated by then.
             match last_pid() {
@@ -120,6 +124,13 @@ fn pids_in(window: PidWindow) -> Vec<i32> {
             }
         }
     }
+}
+
+/// The pids of `window` when it is short enough to probe pid by pid.
+fn short_window(window: PidWindow) -> Option<Vec<i32>> {
+    let last = last_pid()?;
+    (window.first <= last && last - window.first < PROBED_PIDS)
+        .then(|| (window.first..=last).collect())
 }
 
 /// The processes of one run: the process group its leader leads and every
@@ -142,7 +153,10 @@ impl RunProcesses {
         }
     }
 
-    /// The marked processes, found on the blocking pool.
+    /// The marked processes. A short pid window (the rule right after a
+    /// normal exit) is probed in place: a few reads cost less than the two
+    /// thread wake-ups of a hop to the blocking pool, where a whole `/proc`
+    /// scan goes.
     async fn marked(&self) -> Vec<Pid> {
         let window = self
             .leader
@@ -150,6 +164,10 @@ impl RunProcesses {
             .map(|leader| PidWindow {
                 first: leader.as_raw(),
             });
+        if let Some(pids) = window.and_then(short_window) {
+            let needle = format!("{RUN_MARKER_ENV}={}", self.marker);
+            return matching(pids, |var| var == needle.as_bytes());
+        }
         let marker = self.marker.clone();
         tokio::task::spawn_blocking(move || marked_in(&marker, window))
             .await

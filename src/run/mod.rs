@@ -23,10 +23,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::sync::{Mutex, oneshot};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Counters, RunEvent, TaskSpec, TaskState};
@@ -34,7 +33,7 @@ use crate::table::RunOutcome;
 pub use command_line::{playbook_args, resolve_program};
 use command_line::{prepend_env, prepend_list_env};
 use events::RunReport;
-use fifo::CallbackFifo;
+use fifo::{CallbackFifo, FifoPool};
 use files::RunFiles;
 use kill::RunProcesses;
 use output::{forward_lines, read_tail};
@@ -79,6 +78,7 @@ pub trait RunEvents: Send + Sync {
 pub struct PlaybookRunner {
     settings: RunSettings,
     git_lock: Mutex<()>,
+    fifos: FifoPool,
 }
 
 /// How the process ended.
@@ -98,7 +98,13 @@ impl PlaybookRunner {
             .create(&plugins)?;
         let plugin_file = plugins.join(format!("{}.py", events::CALLBACK_NAME));
         std::fs::write(plugin_file, events::CALLBACK_PLUGIN)?;
+        let fifos = settings.runtime_dir.join("fifos");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&fifos)?;
         Ok(PlaybookRunner {
+            fifos: FifoPool::new(fifos),
             settings,
             git_lock: Mutex::new(()),
         })
@@ -126,14 +132,7 @@ impl PlaybookRunner {
         let outcome = self
             .run_in(&files, &marker, spec, &cancel, deadline, limit, events)
             .await;
-        // Nothing of the run is left to wait for: its files go in the
-        // background, and the runtime waits for that at shutdown.
-        let task_id = spec.task_id.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = files.remove() {
-                tracing::warn!(%task_id, "cannot remove {}.*: {e}", files.base.display());
-            }
-        });
+        files.remove(&spec.task_id, !spec.extra_vars.is_empty());
         outcome
     }
 
@@ -148,23 +147,25 @@ impl PlaybookRunner {
         limit: Duration,
         events: Arc<dyn RunEvents>,
     ) -> RunOutcome {
-        let mut command = self.command(spec, run_id, files);
-        let files = files.clone();
-        // Creating files and forking are blocking system calls: they run on
-        // the blocking pool so the runtime's workers stay free for intake.
-        let extra_vars = spec.extra_vars.clone();
-        let started = tokio::task::spawn_blocking(move || {
-            let fifo = files
-                .create(&extra_vars)
-                .map_err(|e| format!("Cannot prepare the run's files: {e}"))?;
-            Ok((fifo, command.spawn()))
-        })
-        .await;
-        let (events_fifo, spawned) = match started {
-            Ok(Ok(started)) => started,
-            Ok(Err(message)) => return RunOutcome::refused(TaskState::Failed, message),
-            Err(e) => return RunOutcome::refused(TaskState::Failed, e.to_string()),
+        // Creating the files and spawning (vfork + exec) take tens of
+        // microseconds: done in place, since a hop to the blocking pool and
+        // back costs two thread wake-ups per run, more than the work itself.
+        // MQTT intake has a thread of its own and never waits on this.
+        let prepared = self
+            .fifos
+            .take()
+            .and_then(|fifo| files.create(&spec.extra_vars).map(|()| fifo));
+        let mut events_fifo = match prepared {
+            Ok(fifo) => fifo,
+            Err(e) => {
+                return RunOutcome::refused(
+                    TaskState::Failed,
+                    format!("Cannot prepare the run's files: {e}"),
+                );
+            }
         };
+        let mut command = self.command(spec, run_id, files, events_fifo.path());
+        let spawned = command.spawn();
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -178,51 +179,73 @@ impl PlaybookRunner {
             }
         };
         let processes = RunProcesses::new(child.id().map(|pid| Pid::from_raw(pid as i32)), run_id);
-        let stdout = child.stdout.take().map(|out| {
-            let events = events.clone();
-            tokio::spawn(async move { forward_lines(out, events.as_ref()).await })
-        });
-        let stderr = child
-            .stderr
-            .take()
-            .map(|err| tokio::spawn(async move { read_tail(err).await }));
-
+        // Ansible's output is read in this task, beside the process: a task
+        // of their own each would cost two spawns, and thread wake-ups, per
+        // run.
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let output_events = events.clone();
+        let readers = async move {
+            let out = async {
+                if let Some(out) = stdout {
+                    forward_lines(out, output_events.as_ref()).await;
+                }
+            };
+            let err = async {
+                match stderr {
+                    Some(err) => read_tail(err).await,
+                    None => String::new(),
+                }
+            };
+            tokio::join!(out, err).1
+        };
+        let (swept, swept_rx) = oneshot::channel::<()>();
         let mut report = RunReport::default();
-        let ending = follow(
-            &mut child,
-            events_fifo,
-            &mut report,
-            events.as_ref(),
-            cancel,
-            deadline,
-        )
-        .await;
-        let ending = match ending {
-            Ending::TimedOut(None) => {
-                Ending::TimedOut(self.terminate(&mut child, &processes).await)
-            }
-            Ending::Cancelled(None) => {
-                Ending::Cancelled(self.terminate(&mut child, &processes).await)
-            }
-            other => other,
+        let supervise = async {
+            let ending = follow(
+                &mut child,
+                &mut events_fifo,
+                &mut report,
+                events.as_ref(),
+                cancel,
+                deadline,
+            )
+            .await;
+            let ending = match ending {
+                Ending::TimedOut(None) => {
+                    Ending::TimedOut(self.terminate(&mut child, &processes).await)
+                }
+                Ending::Cancelled(None) => {
+                    Ending::Cancelled(self.terminate(&mut child, &processes).await)
+                }
+                other => other,
+            };
+            // Forked workers can outlive the main process; none may remain.
+            processes.kill_all().await;
+            let _ = swept.send(());
+            ending
         };
-        // Forked workers can outlive the main process; none may remain.
-        processes.kill_all().await;
-        if let Some(stdout) = stdout {
-            let _ = timeout(Duration::from_secs(2), stdout).await;
-        }
-        let stderr_tail = match stderr {
-            Some(task) => timeout(Duration::from_secs(2), task)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default(),
-            None => String::new(),
+        // Once the tree is gone, the pipes get 2 s to deliver their last
+        // bytes (a process outside the tree may still hold them open).
+        let read_out = async {
+            tokio::select! {
+                tail = readers => tail,
+                _ = async {
+                    let _ = swept_rx.await;
+                    sleep(Duration::from_secs(2)).await;
+                } => String::new(),
+            }
         };
+        let (ending, stderr_tail) = tokio::join!(supervise, read_out);
         outcome(ending, &report, &stderr_tail, limit)
     }
 
-    fn command(&self, spec: &TaskSpec, run_id: &str, prepared: &RunFiles) -> Command {
+    fn command(
+        &self,
+        spec: &TaskSpec,
+        run_id: &str,
+        prepared: &RunFiles,
+        events_path: &std::path::Path,
+    ) -> Command {
         let settings = &self.settings;
         let mut command = Command::new(&settings.ansible_playbook);
         command
@@ -237,7 +260,7 @@ impl PlaybookRunner {
             .process_group(0)
             .kill_on_drop(true)
             .env(kill::RUN_MARKER_ENV, run_id)
-            .env(events::EVENTS_PATH_ENV, &prepared.events_path)
+            .env(events::EVENTS_PATH_ENV, events_path)
             .env("LC_ALL", "C.UTF-8")
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_FORCE_COLOR", "0")
@@ -330,13 +353,12 @@ impl PlaybookRunner {
 /// first), reporting coalesced progress; then drains what is left in the FIFO.
 async fn follow(
     child: &mut Child,
-    callback_fifo: pipe::Receiver,
+    fifo: &mut CallbackFifo,
     report: &mut RunReport,
     events: &dyn RunEvents,
     cancel: &CancellationToken,
     deadline: Instant,
 ) -> Ending {
-    let mut fifo = CallbackFifo::new(callback_fifo);
     let mut last_sent = Counters::default();
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     let ending = loop {
