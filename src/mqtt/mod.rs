@@ -20,14 +20,17 @@ pub mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use rumqttc::v5::AsyncClient;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::intake::IntakePolicy;
-use crate::model::EventSink;
+use crate::model::{EventSink, TaskStatus};
 use crate::table::TaskTable;
 use crate::transport::{LinkState, StatusSink, TaskSource};
 use client::Inbound;
@@ -48,6 +51,8 @@ pub struct MqttSide {
     link_state: watch::Receiver<LinkState>,
     /// Resolves when the connection's thread ended.
     link: oneshot::Receiver<()>,
+    /// The connection thread's runtime, where the status publisher runs.
+    link_runtime: Handle,
     abort_link: CancellationToken,
     publisher: Option<StatusPublisher>,
     presence: JoinHandle<()>,
@@ -121,7 +126,7 @@ impl MqttSide {
             abort_link.clone(),
         );
         // The acknowledger ends once `drive` dropped the pending acks' sender.
-        let link = spawn_dedicated("mqtt-intake", async move {
+        let (link, link_runtime) = spawn_dedicated("mqtt-intake", async move {
             tokio::join!(drive, acknowledger);
         })
         .map_err(ClientError::Thread)?;
@@ -131,6 +136,7 @@ impl MqttSide {
             events,
             link_state: link_rx,
             link,
+            link_runtime,
             abort_link,
             publisher: Some(publisher),
             presence,
@@ -154,10 +160,15 @@ impl MqttSide {
     }
 
     /// The status publisher, once: retained statuses on each task's topic.
+    /// It runs on the connection's thread, beside the event loop it hands
+    /// its publishes to and that hands it their acknowledgements: a status
+    /// then wakes one thread, not two.
     pub fn sink(&mut self) -> Option<Box<dyn StatusSink>> {
-        self.publisher
-            .take()
-            .map(|publisher| Box::new(publisher) as Box<dyn StatusSink>)
+        let publisher = self.publisher.take()?;
+        Some(Box::new(OnLinkThread {
+            publisher,
+            runtime: self.link_runtime.clone(),
+        }))
     }
 
     /// Where runs send their events: the events topic.
@@ -178,17 +189,39 @@ impl MqttSide {
     }
 }
 
+/// The status publisher, delivering on the connection's thread.
+struct OnLinkThread {
+    publisher: StatusPublisher,
+    runtime: Handle,
+}
+
+impl StatusSink for OnLinkThread {
+    fn deliver(
+        self: Box<Self>,
+        restored: Vec<TaskStatus>,
+        changes: UnboundedReceiver<TaskStatus>,
+    ) -> BoxFuture<'static, ()> {
+        let delivery = Box::new(self.publisher).deliver(restored, changes);
+        let delivering = self.runtime.spawn(delivery);
+        Box::pin(async move {
+            let _ = delivering.await;
+        })
+    }
+}
+
 /// Runs `task` on a thread of its own with a single-threaded runtime, so that
 /// receiving and acknowledging requests never waits behind runs on the main
 /// runtime's workers (a slow acknowledgement makes the broker hold back, and
-/// Mosquitto drop, requests of a burst). Resolves when `task` ended.
+/// Mosquitto drop, requests of a burst). The receiver resolves when `task`
+/// ended; the handle spawns more onto that runtime while `task` runs.
 fn spawn_dedicated(
     name: &str,
     task: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<oneshot::Receiver<()>> {
+) -> std::io::Result<(oneshot::Receiver<()>, Handle)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let handle = runtime.handle().clone();
     let (done, ended) = oneshot::channel();
     std::thread::Builder::new()
         .name(name.to_owned())
@@ -196,5 +229,5 @@ fn spawn_dedicated(
             runtime.block_on(task);
             let _ = done.send(());
         })?;
-    Ok(ended)
+    Ok((ended, handle))
 }
