@@ -75,22 +75,47 @@ pub fn project_dir() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released), never one this test
-/// process was given before: the kernel readily hands the same port out
-/// twice in a row, and two listeners of one appliance must differ.
+/// process was given before: two listeners of one appliance must differ.
+///
+/// It is taken below the kernel's ephemeral range: a port handed out by
+/// binding port 0 lies inside that range, where any outgoing connection of a
+/// parallel test (a client's local port) may take it between the release
+/// here and the listener's bind (CI saw `Address already in use` so).
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    let (low, high) = (10_000u16, ephemeral_start().max(10_001));
+    let span = u64::from(high - low);
+    let mut candidate = low + (random_u64() % span) as u16;
+    for _ in 0..span {
+        if !given.contains(&candidate) && TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            given.push(candidate);
+            return candidate;
         }
+        candidate = if candidate + 1 >= high {
+            low
+        } else {
+            candidate + 1
+        };
     }
+    panic!("no free port between {low} and {high}");
+}
+
+/// The first port of the kernel's ephemeral range (32768 if unreadable).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A random number from std's per-process hash seed, so that test binaries
+/// running side by side start their port search at different places.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// Polls `condition` until it holds or `timeout` passes.
