@@ -243,7 +243,7 @@ impl TaskTable {
             entry.log.pop_front();
         }
         entry.log.push_back(line.clone());
-        let _ = inner.live.send(LiveEvent::Log {
+        inner.tell_live(|| LiveEvent::Log {
             task_id: task_id.to_owned(),
             line,
         });
@@ -461,7 +461,16 @@ impl Inner {
                 journal.forget(old);
             }
         }
-        let _ = self.live.send(LiveEvent::Trimmed { task_ids: dropped });
+        self.tell_live(|| LiveEvent::Trimmed { task_ids: dropped });
+    }
+
+    /// Sends the event `make` builds to live views, building it only when
+    /// one listens (most of the time nobody does, and a burst would pay for
+    /// copies nobody reads).
+    fn tell_live(&self, make: impl FnOnce() -> LiveEvent) {
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(make());
+        }
     }
 }
 

@@ -192,9 +192,7 @@ impl Inner {
             return;
         };
         let snapshot = entry.status.at(Utc::now());
-        let _ = self
-            .live
-            .send(LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
+        self.tell_live(|| LiveEvent::Status(Box::new(entry.view_of(&snapshot))));
         match &self.settings.journal {
             Some(journal) => journal.record(Record {
                 seq: entry.seq,
