@@ -14,8 +14,9 @@ use std::os::fd::{FromRawFd, RawFd};
 
 /// Sets TCP_NODELAY on this process's listening sockets bound to one of
 /// `addrs`; returns how many it found.
-// The crate's one unsafe block: std offers no safe way to borrow a socket
-// another library owns, and rumqttd does not hand its listeners out.
+// Unsafe (as is `run::spawn`, the crate's only other such place): std
+// offers no safe way to borrow a socket another library owns, and rumqttd
+// does not hand its listeners out.
 #[allow(unsafe_code)]
 pub fn on_listeners(addrs: &[SocketAddr]) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {

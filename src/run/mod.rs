@@ -13,7 +13,9 @@ mod fifo;
 mod files;
 pub mod kill;
 mod output;
+mod spawn;
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -22,8 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{Mutex, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,10 @@ use fifo::{CallbackFifo, FifoPool};
 use files::RunFiles;
 use kill::RunProcesses;
 use output::{forward_lines, read_tail};
+use spawn::{Launcher, RunChild};
+
+/// Ansible's temp dir of a run (one per run, removed after it).
+const LOCAL_TEMP_ENV: &str = "ANSIBLE_LOCAL_TEMP";
 
 /// How often, at most, a running task's counters are reported.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -77,6 +82,7 @@ pub trait RunEvents: Send + Sync {
 /// Runs playbooks with shared settings; serialises `git pull`.
 pub struct PlaybookRunner {
     settings: RunSettings,
+    launcher: Launcher,
     git_lock: Mutex<()>,
     fifos: FifoPool,
 }
@@ -105,6 +111,7 @@ impl PlaybookRunner {
             .create(&fifos)?;
         Ok(PlaybookRunner {
             fifos: FifoPool::new(fifos),
+            launcher: launcher(&settings)?,
             settings,
             git_lock: Mutex::new(()),
         })
@@ -164,8 +171,17 @@ impl PlaybookRunner {
                 );
             }
         };
-        let mut command = self.command(spec, run_id, files, events_fifo.path());
-        let spawned = command.spawn();
+        let spawned = self.launcher.spawn(
+            playbook_args(
+                spec,
+                (!spec.extra_vars.is_empty()).then_some(files.extra_vars.as_path()),
+            ),
+            &[
+                (kill::RUN_MARKER_ENV, OsStr::new(run_id)),
+                (events::EVENTS_PATH_ENV, events_fifo.path().as_os_str()),
+                (LOCAL_TEMP_ENV, files.temp_dir.as_os_str()),
+            ],
+        );
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -178,7 +194,7 @@ impl PlaybookRunner {
                 );
             }
         };
-        let processes = RunProcesses::new(child.id().map(|pid| Pid::from_raw(pid as i32)), run_id);
+        let processes = RunProcesses::new(Some(child.pid()), run_id);
         // Ansible's output is read in this task, beside the process: a task
         // of their own each would cost two spawns, and thread wake-ups, per
         // run.
@@ -239,54 +255,12 @@ impl PlaybookRunner {
         outcome(ending, &report, &stderr_tail, limit)
     }
 
-    fn command(
-        &self,
-        spec: &TaskSpec,
-        run_id: &str,
-        prepared: &RunFiles,
-        events_path: &std::path::Path,
-    ) -> Command {
-        let settings = &self.settings;
-        let mut command = Command::new(&settings.ansible_playbook);
-        command
-            .args(playbook_args(
-                spec,
-                (!spec.extra_vars.is_empty()).then_some(prepared.extra_vars.as_path()),
-            ))
-            .current_dir(&settings.playbook_directory)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .env(kill::RUN_MARKER_ENV, run_id)
-            .env(events::EVENTS_PATH_ENV, events_path)
-            .env("LC_ALL", "C.UTF-8")
-            .env("ANSIBLE_NOCOLOR", "1")
-            .env("ANSIBLE_FORCE_COLOR", "0")
-            .env("PYTHONUNBUFFERED", "1")
-            .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
-            .env("ANSIBLE_LOCAL_TEMP", &prepared.temp_dir)
-            .env(
-                "ANSIBLE_INVENTORY_ENABLED",
-                settings.inventory_plugins.join(","),
-            )
-            .env(
-                "ANSIBLE_CALLBACK_PLUGINS",
-                prepend_env(
-                    "ANSIBLE_CALLBACK_PLUGINS",
-                    settings.runtime_dir.join("plugins"),
-                ),
-            )
-            .env(
-                "ANSIBLE_CALLBACKS_ENABLED",
-                prepend_list_env("ANSIBLE_CALLBACKS_ENABLED", events::CALLBACK_NAME),
-            );
-        command
-    }
-
     /// SIGTERM the run, give it `kill_grace`, then SIGKILL whatever is left.
-    async fn terminate(&self, child: &mut Child, processes: &RunProcesses) -> Option<ExitStatus> {
+    async fn terminate(
+        &self,
+        child: &mut RunChild,
+        processes: &RunProcesses,
+    ) -> Option<ExitStatus> {
         let grace_end = Instant::now() + self.settings.kill_grace;
         processes.signal(Signal::SIGTERM).await;
         let status = timeout(self.settings.kill_grace, child.wait())
@@ -349,10 +323,48 @@ impl PlaybookRunner {
     }
 }
 
+/// The launcher of `ansible-playbook` for every run: in the playbook
+/// directory, with our callback plugin enabled, plain output, only the
+/// allowed inventory plugins, and the worker's environment otherwise.
+fn launcher(settings: &RunSettings) -> io::Result<Launcher> {
+    let common: [(&str, OsString); 8] = [
+        ("LC_ALL", "C.UTF-8".into()),
+        ("ANSIBLE_NOCOLOR", "1".into()),
+        ("ANSIBLE_FORCE_COLOR", "0".into()),
+        ("PYTHONUNBUFFERED", "1".into()),
+        ("ANSIBLE_RETRY_FILES_ENABLED", "0".into()),
+        (
+            "ANSIBLE_INVENTORY_ENABLED",
+            settings.inventory_plugins.join(",").into(),
+        ),
+        (
+            "ANSIBLE_CALLBACK_PLUGINS",
+            prepend_env(
+                "ANSIBLE_CALLBACK_PLUGINS",
+                settings.runtime_dir.join("plugins"),
+            ),
+        ),
+        (
+            "ANSIBLE_CALLBACKS_ENABLED",
+            prepend_list_env("ANSIBLE_CALLBACKS_ENABLED", events::CALLBACK_NAME),
+        ),
+    ];
+    Launcher::new(
+        &settings.ansible_playbook,
+        &settings.playbook_directory,
+        &common,
+        &[
+            kill::RUN_MARKER_ENV,
+            events::EVENTS_PATH_ENV,
+            LOCAL_TEMP_ENV,
+        ],
+    )
+}
+
 /// Reads event lines until the process exits (or the deadline or cancel comes
 /// first), reporting coalesced progress; then drains what is left in the FIFO.
 async fn follow(
-    child: &mut Child,
+    child: &mut RunChild,
     fifo: &mut CallbackFifo,
     report: &mut RunReport,
     events: &dyn RunEvents,
