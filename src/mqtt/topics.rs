@@ -149,12 +149,26 @@ impl Topics {
 
     /// `P/G/tasks/<id>/status` (or `.../status/<worker_id>`).
     pub fn status(&self, task_id: &str) -> String {
-        let topic = format!("{}/{task_id}/status", self.tasks());
-        if self.suffix_status_with_worker_id {
-            format!("{topic}/{}", self.worker_id)
-        } else {
-            topic
+        // Built piece by piece: it is made for every status published.
+        let suffix = self.suffix_status_with_worker_id;
+        let mut topic = String::with_capacity(
+            self.prefix.len() + self.group.len() + task_id.len() + self.worker_id.len() + 16,
+        );
+        for part in [
+            &self.prefix,
+            "/",
+            &self.group,
+            "/tasks/",
+            task_id,
+            "/status",
+        ] {
+            topic.push_str(part);
         }
+        if suffix {
+            topic.push('/');
+            topic.push_str(&self.worker_id);
+        }
+        topic
     }
 
     /// `P/G/tasks/<id>/events`: the live events of a task's run (never

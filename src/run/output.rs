@@ -8,7 +8,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::RunEvents;
 use crate::table::LOG_LINE_CHARS;
@@ -19,10 +19,18 @@ const STDERR_TAIL_BYTES: usize = 4096;
 /// ([`LOG_LINE_CHARS`]) of 4-byte characters.
 pub(super) const MAX_LINE_BYTES: usize = 4 * LOG_LINE_CHARS;
 
+/// Bytes asked for per read. The buffer is filled by `read_buf`, never
+/// zeroed first (a zeroed 8 KiB buffer per stream, two per run, cost more
+/// than the rest of reading a short run's output).
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Reads lines of at most `max` bytes from a stream; the rest of a longer
 /// line is skipped. Holds at most its read buffer and `max` bytes.
 pub(super) struct BoundedLines<R> {
-    reader: BufReader<R>,
+    reader: R,
+    /// What was read and not yet consumed: `buffer[start..]`.
+    buffer: Vec<u8>,
+    start: usize,
     line: Vec<u8>,
     max: usize,
 }
@@ -30,10 +38,23 @@ pub(super) struct BoundedLines<R> {
 impl<R: AsyncRead + Unpin> BoundedLines<R> {
     pub(super) fn new(out: R, max: usize) -> Self {
         BoundedLines {
-            reader: BufReader::new(out),
+            reader: out,
+            buffer: Vec::with_capacity(READ_CHUNK),
+            start: 0,
             line: Vec::with_capacity(max),
             max,
         }
+    }
+
+    /// Reads more when everything read was consumed; nothing is left
+    /// unconsumed after it only at the end of the stream.
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+            self.reader.read_buf(&mut self.buffer).await?;
+        }
+        Ok(())
     }
 
     /// The next line without its `\n` (or `\r\n`), cut at `max` bytes; None
@@ -42,7 +63,8 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
         self.line.clear();
         let mut read_any = false;
         loop {
-            let available = self.reader.fill_buf().await?;
+            self.fill().await?;
+            let available = &self.buffer[self.start..];
             if available.is_empty() {
                 if !read_any {
                     return Ok(None);
@@ -56,7 +78,7 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
             self.line
                 .extend_from_slice(&content[..content.len().min(room)]);
             let used = newline.map_or(available.len(), |n| n + 1);
-            self.reader.consume(used);
+            self.start += used;
             if newline.is_some() {
                 break;
             }
