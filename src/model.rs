@@ -253,6 +253,23 @@ impl TaskStatus {
     }
 }
 
+/// A status on its way out of the table: the document and its JSON,
+/// serialised once for the journal and whichever sink sends it on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    /// The status.
+    pub status: TaskStatus,
+    /// `status.to_json()`.
+    pub json: Bytes,
+}
+
+impl From<TaskStatus> for StatusUpdate {
+    fn from(status: TaskStatus) -> Self {
+        let json = status.to_json().into();
+        StatusUpdate { status, json }
+    }
+}
+
 fn rfc3339<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Millis, true))
 }

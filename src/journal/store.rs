@@ -202,8 +202,8 @@ pub(super) fn load(conn: &Connection, path: &Path) -> Result<Vec<StoredTask>, Jo
 
 /// One change to apply.
 pub(super) enum Write<'a> {
-    /// Insert or update a task's row.
-    Upsert(&'a Record),
+    /// Insert or update a task's row; the status as JSON.
+    Upsert(&'a Record, &'a str),
     /// Delete a task's row (it left the table's history).
     Forget(&'a str),
     /// Mark a task's final status delivered.
@@ -222,9 +222,7 @@ pub(super) fn apply<'a>(
         let mut delivered = tx.prepare_cached(MARK_DELIVERED)?;
         for write in writes {
             match write {
-                Write::Upsert(record) => {
-                    let status =
-                        serde_json::to_string(&record.status).expect("a status always serializes");
+                Write::Upsert(record, status) => {
                     let spec = record.spec.as_ref().and_then(|spec| {
                         serde_json::to_string(spec)
                             .inspect_err(|e| {

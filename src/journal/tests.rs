@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::model::{Inventory, TaskState};
+use crate::model::{Inventory, StatusUpdate, TaskState};
 
 /// The journal streams what it commits to a new stream; its first
 /// subscriber's end.
-fn subscribe(journal: &Journal) -> (ChangeStream, mpsc::UnboundedReceiver<TaskStatus>) {
+fn subscribe(journal: &Journal) -> (ChangeStream, mpsc::UnboundedReceiver<StatusUpdate>) {
     let stream = ChangeStream::default();
     journal.stream_to(stream.clone());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -95,6 +95,33 @@ async fn forgotten_tasks_are_gone_after_a_reopen() {
 }
 
 #[tokio::test]
+async fn the_streamed_json_is_the_status_document_the_row_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(JOURNAL_FILE);
+    let (journal, _) = Journal::open(&path).unwrap();
+    let (_stream, mut changes) = subscribe(&journal);
+    let mut record = record(1, "a", TaskState::Running);
+    record.status.error_message = Some("a \"quoted\" reason".into());
+    journal.record(record);
+    let mut relayed = TaskStatus::new("b", "w", TaskState::Queued);
+    relayed.duration_seconds = Some(1.5);
+    journal.relay(relayed);
+    journal.flushed().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let row: String = conn
+        .query_row("SELECT status FROM tasks WHERE task_id = 'a'", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    let written = changes.try_recv().unwrap();
+    assert_eq!(written.json, written.status.to_json());
+    assert_eq!(written.json, row.as_bytes());
+    let relayed = changes.try_recv().unwrap();
+    assert_eq!(relayed.status.task_id, "b");
+    assert_eq!(relayed.json, relayed.status.to_json());
+}
+
+#[tokio::test]
 async fn subscribers_get_changes_in_order_once_committed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(JOURNAL_FILE);
@@ -109,8 +136,8 @@ async fn subscribers_get_changes_in_order_once_committed() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(store::state_of(&conn, "a"), Some(("running".into(), true)));
     let mut seen = vec![];
-    while let Ok(status) = changes.try_recv() {
-        seen.push(status.state);
+    while let Ok(update) = changes.try_recv() {
+        seen.push(update.status.state);
     }
     use TaskState::*;
     assert_eq!(seen, [Queued, Queued, Running]);
@@ -167,7 +194,7 @@ async fn a_failed_commit_holds_its_statuses_and_flushes_until_a_retry_succeeds()
     let mut health = journal.health();
     journal.record(record(1, "a", TaskState::Queued));
     journal.flushed().await;
-    assert_eq!(changes.try_recv().unwrap().state, TaskState::Queued);
+    assert_eq!(changes.try_recv().unwrap().status.state, TaskState::Queued);
 
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch(FAIL_WRITES).unwrap();
@@ -193,7 +220,7 @@ async fn a_failed_commit_holds_its_statuses_and_flushes_until_a_retry_succeeds()
     assert_eq!(*health.borrow(), JournalHealth::Writable);
     journal.flushed().await;
     let mut seen = vec![];
-    while let Ok(status) = changes.try_recv() {
+    while let Ok(StatusUpdate { status, .. }) = changes.try_recv() {
         seen.push((status.task_id, status.state));
     }
     use TaskState::*;
@@ -226,7 +253,7 @@ async fn closing_while_commits_fail_publishes_nothing_of_them() {
     health.wait_for(JournalHealth::is_failing).await.unwrap();
     journal.close().await;
     let seen: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok())
-        .map(|status| status.state)
+        .map(|update| update.status.state)
         .collect();
     assert_eq!(seen, [TaskState::Queued]);
     assert_eq!(store::state_of(&other, "a"), Some(("queued".into(), true)));
@@ -246,7 +273,6 @@ fn running(id: &str, tasks_total: u64) -> Op {
 fn held(pending: &writer::Pending) -> Vec<(String, TaskState, u64)> {
     pending
         .ops()
-        .iter()
         .map(|op| match op {
             Op::Write(record) => (
                 record.status.task_id.clone(),

@@ -19,10 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::{JournalHealth, Op, store};
-use crate::model::TaskState;
+
+use crate::model::{StatusUpdate, TaskState};
 use crate::table::ChangeStream;
 
 /// Most changes taken from the channel per commit attempt.
@@ -42,10 +44,30 @@ const TRUNCATE_GAP: Duration = Duration::from_secs(1);
 /// the order they were handed over.
 #[derive(Default)]
 pub(super) struct Pending {
-    ops: Vec<Op>,
+    held: Vec<Held>,
     /// While commits fail: where each task's newest change waits, so that a
     /// progress update can replace the one before it.
     newest: HashMap<String, usize>,
+}
+
+/// A change waiting, with its status serialised (a write or a relay): the
+/// same JSON goes into the row and to the stream.
+struct Held {
+    op: Op,
+    json: Option<String>,
+}
+
+impl Held {
+    fn new(op: Op) -> Self {
+        let status = match &op {
+            Op::Write(record) => Some(&record.status),
+            Op::Relay(status) => Some(&**status),
+            _ => None,
+        };
+        let json =
+            status.map(|status| serde_json::to_string(status).expect("a status always serializes"));
+        Held { op, json }
+    }
 }
 
 impl Pending {
@@ -54,7 +76,7 @@ impl Pending {
     /// of that task lies between them).
     pub(super) fn push(&mut self, op: Op, coalesce: bool) {
         if !coalesce {
-            self.ops.push(op);
+            self.held.push(Held::new(op));
             return;
         }
         let task_id = match &op {
@@ -65,59 +87,61 @@ impl Pending {
             _ => None,
         };
         let Some(task_id) = task_id else {
-            self.ops.push(op);
+            self.held.push(Held::new(op));
             return;
         };
         if let Op::Write(new) = &op
             && let Some(&at) = self.newest.get(&task_id)
-            && let Op::Write(old) = &self.ops[at]
+            && let Op::Write(old) = &self.held[at].op
             && new.status.state == TaskState::Running
             && old.status.state == TaskState::Running
         {
             // A progress update carries neither the request nor its summary
             // (`table::stream`), so the newer one says all the older did.
-            self.ops[at] = op;
+            self.held[at] = Held::new(op);
             return;
         }
-        self.newest.insert(task_id, self.ops.len());
-        self.ops.push(op);
+        self.newest.insert(task_id, self.held.len());
+        self.held.push(Held::new(op));
     }
 
     /// What waits, in order.
     #[cfg(test)]
-    pub(super) fn ops(&self) -> &[Op] {
-        &self.ops
+    pub(super) fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.held.iter().map(|held| &held.op)
     }
 
     /// Nothing waits.
     pub(super) fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.held.is_empty()
     }
 
     /// How many changes wait.
     pub(super) fn len(&self) -> usize {
-        self.ops.len()
+        self.held.len()
     }
 
     /// The process is stopping: the writer must not wait any longer.
     fn closing(&self) -> bool {
-        self.ops.iter().any(|op| matches!(op, Op::Close(_)))
+        self.held.iter().any(|held| matches!(held.op, Op::Close(_)))
     }
 
     /// The writes to commit, in order.
     fn writes(&self) -> impl Iterator<Item = store::Write<'_>> {
-        self.ops.iter().filter_map(|op| match op {
-            Op::Write(record) => Some(store::Write::Upsert(record)),
-            Op::Forget(task_id) => Some(store::Write::Forget(task_id)),
-            Op::Delivered(receipt) => Some(store::Write::Delivered(receipt)),
-            _ => None,
-        })
+        self.held
+            .iter()
+            .filter_map(|held| match (&held.op, &held.json) {
+                (Op::Write(record), Some(json)) => Some(store::Write::Upsert(record, json)),
+                (Op::Forget(task_id), _) => Some(store::Write::Forget(task_id)),
+                (Op::Delivered(receipt), _) => Some(store::Write::Delivered(receipt)),
+                _ => None,
+            })
     }
 
     /// Whether committing these drops a request from the journal (a task
     /// became final, or its row went).
     fn clears_requests(&self) -> bool {
-        self.ops.iter().any(|op| match op {
+        self.held.iter().any(|held| match &held.op {
             Op::Write(record) => record.status.state.is_final(),
             Op::Forget(_) => true,
             _ => false,
@@ -129,10 +153,18 @@ impl Pending {
     fn forward(&mut self, stream: &mut ChangeStream) -> Option<oneshot::Sender<()>> {
         self.newest.clear();
         let mut close = None;
-        for op in self.ops.drain(..) {
+        for Held { op, json } in self.held.drain(..) {
+            // `Held::new` serialised every write and relay.
+            let json = || Bytes::from(json.expect("a held status has its JSON"));
             match op {
-                Op::Write(record) => stream.send(record.status),
-                Op::Relay(status) => stream.send(*status),
+                Op::Write(record) => stream.send(StatusUpdate {
+                    status: record.status,
+                    json: json(),
+                }),
+                Op::Relay(status) => stream.send(StatusUpdate {
+                    status: *status,
+                    json: json(),
+                }),
                 Op::Forget(_) | Op::Delivered(_) => {}
                 Op::StreamTo(to) => *stream = to,
                 Op::Then(step) => (step.0)(),
@@ -146,7 +178,7 @@ impl Pending {
     /// status leaves unjournaled); only the close request is answered.
     fn abandon(&mut self) -> Option<oneshot::Sender<()>> {
         self.newest.clear();
-        self.ops.drain(..).find_map(|op| match op {
+        self.held.drain(..).find_map(|held| match held.op {
             Op::Close(done) => Some(done),
             _ => None,
         })

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::intake::IntakePolicy;
-use crate::model::{EventSink, TaskStatus};
+use crate::model::{EventSink, StatusUpdate, TaskStatus};
 use crate::table::TaskTable;
 use crate::transport::{LinkState, StatusSink, TaskSource};
 use client::Inbound;
@@ -199,7 +199,7 @@ impl StatusSink for OnLinkThread {
     fn deliver(
         self: Box<Self>,
         restored: Vec<TaskStatus>,
-        changes: UnboundedReceiver<TaskStatus>,
+        changes: UnboundedReceiver<StatusUpdate>,
     ) -> BoxFuture<'static, ()> {
         let delivery = Box::new(self.publisher).deliver(restored, changes);
         let delivering = self.runtime.spawn(delivery);

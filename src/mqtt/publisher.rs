@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 
 use super::topics::Topics;
 use super::window::PublishWindow;
-use crate::model::{Delivery, TaskStatus};
+use crate::model::{Delivery, StatusUpdate, TaskStatus};
 use crate::transport::LinkState;
 use crate::transport::{BoxFuture, StatusSink};
 
@@ -87,7 +88,7 @@ impl StatusSink for StatusPublisher {
     fn deliver(
         self: Box<Self>,
         restored: Vec<TaskStatus>,
-        changes: mpsc::UnboundedReceiver<TaskStatus>,
+        changes: mpsc::UnboundedReceiver<StatusUpdate>,
     ) -> BoxFuture<'static, ()> {
         let StatusPublisher {
             client,
@@ -105,7 +106,7 @@ async fn publish_statuses(
     client: AsyncClient,
     settings: PublisherSettings,
     restored: Vec<TaskStatus>,
-    mut changes: mpsc::UnboundedReceiver<TaskStatus>,
+    mut changes: mpsc::UnboundedReceiver<StatusUpdate>,
     mut link: watch::Receiver<LinkState>,
 ) {
     // Boxed: after a burst the map is mostly spare capacity.
@@ -124,11 +125,11 @@ async fn publish_statuses(
     loop {
         tokio::select! {
             change = changes.recv() => {
-                let Some(status) = change else { return };
+                let Some(StatusUpdate { status, json }) = change else { return };
                 let state = *link.borrow();
                 let mut sent = None;
                 if state.up && state.generation == caught_up {
-                    publish(&client, &settings, &status).await;
+                    publish(&client, &settings, &status, json).await;
                     sent = Some(Instant::now());
                 }
                 remember(&mut latest, status, sent);
@@ -150,7 +151,8 @@ async fn publish_statuses(
                     forget_delivered(&mut latest, settings.in_flight_window);
                     for entry in latest.values_mut() {
                         if entry.sent.is_none() || !entry.status.state.is_final() {
-                            publish(&client, &settings, &entry.status).await;
+                            let json = entry.status.to_json().into();
+                            publish(&client, &settings, &entry.status, json).await;
                             entry.sent = Some(Instant::now());
                         }
                     }
@@ -206,13 +208,19 @@ fn expiry_left(status: &TaskStatus, expiry: Option<Duration>) -> Option<u32> {
     Some(u32::try_from(left).unwrap_or(u32::MAX))
 }
 
-async fn publish(client: &AsyncClient, settings: &PublisherSettings, status: &TaskStatus) {
+/// Publishes `status`, whose JSON is `payload`, to its topic (and its reply
+/// route, if it has one).
+async fn publish(
+    client: &AsyncClient,
+    settings: &PublisherSettings,
+    status: &TaskStatus,
+    payload: Bytes,
+) {
     let expiry = expiry_left(status, settings.status_expiry);
     if expiry == Some(0) {
         return;
     }
     let topic = settings.topics.status(&status.task_id);
-    let payload = status.to_json();
     settings.window.enter().await;
     let properties = PublishProperties {
         message_expiry_interval: expiry,

@@ -22,12 +22,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::retry::{Backoff, retry_after, status_url};
-use crate::model::TaskStatus;
+use crate::model::{StatusUpdate, TaskStatus};
 use crate::table::TaskTable;
 use crate::transport::{BoxFuture, StatusSink};
 
@@ -61,7 +62,7 @@ impl StatusSink for StatusPoster {
     fn deliver(
         self: Box<Self>,
         restored: Vec<TaskStatus>,
-        changes: mpsc::UnboundedReceiver<TaskStatus>,
+        changes: mpsc::UnboundedReceiver<StatusUpdate>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(post_statuses(*self, restored, changes))
     }
@@ -79,7 +80,7 @@ enum Posted {
 /// Statuses waiting, per task, and which tasks have a post under way.
 #[derive(Default)]
 struct Outbox {
-    waiting: HashMap<String, VecDeque<TaskStatus>>,
+    waiting: HashMap<String, VecDeque<StatusUpdate>>,
     /// Tasks with statuses waiting and no post under way, oldest first. A
     /// task's post under way is the front of its queue until `done`.
     ready: VecDeque<String>,
@@ -88,16 +89,19 @@ struct Outbox {
 impl Outbox {
     /// Queues `status` behind its task's others (the oldest of which may be
     /// under way).
-    fn push(&mut self, status: TaskStatus) {
-        let queue = self.waiting.entry(status.task_id.clone()).or_default();
+    fn push(&mut self, update: StatusUpdate) {
+        let queue = self
+            .waiting
+            .entry(update.status.task_id.clone())
+            .or_default();
         if queue.is_empty() {
-            self.ready.push_back(status.task_id.clone());
+            self.ready.push_back(update.status.task_id.clone());
         }
-        queue.push_back(status);
+        queue.push_back(update);
     }
 
     /// The next status to post, from a task with none under way.
-    fn next(&mut self) -> Option<TaskStatus> {
+    fn next(&mut self) -> Option<StatusUpdate> {
         let task_id = self.ready.pop_front()?;
         self.waiting.get(&task_id)?.front().cloned()
     }
@@ -124,22 +128,24 @@ impl Outbox {
 async fn post_statuses(
     poster: StatusPoster,
     restored: Vec<TaskStatus>,
-    mut changes: mpsc::UnboundedReceiver<TaskStatus>,
+    mut changes: mpsc::UnboundedReceiver<StatusUpdate>,
 ) {
     let mut outbox = Outbox::default();
     for status in restored {
-        outbox.push(status);
+        outbox.push(status.into());
     }
     let mut posts: JoinSet<TaskStatus> = JoinSet::new();
     let mut open = true;
     loop {
         while posts.len() < MAX_IN_FLIGHT {
-            let Some(status) = outbox.next() else { break };
+            let Some(StatusUpdate { status, json }) = outbox.next() else {
+                break;
+            };
             let client = poster.client.clone();
             let url = status_url(&poster.base_url, &status.task_id);
             posts.spawn(async move {
                 match url {
-                    Some(url) => post_until_answered(&client, &url, &status).await,
+                    Some(url) => post_until_answered(&client, &url, &status, json).await,
                     None => {
                         tracing::error!(task_id = %status.task_id, "this task id has no status URL")
                     }
@@ -173,9 +179,14 @@ async fn post_statuses(
     }
 }
 
-/// Posts `status` until the controller answers 2xx or refuses it for good.
-async fn post_until_answered(client: &reqwest::Client, url: &str, status: &TaskStatus) {
-    let body = status.to_json();
+/// Posts `status` (`body` is its JSON) until the controller answers 2xx or
+/// refuses it for good.
+async fn post_until_answered(
+    client: &reqwest::Client,
+    url: &str,
+    status: &TaskStatus,
+    body: Bytes,
+) {
     let mut backoff = Backoff::new(FIRST_RETRY, LONGEST_RETRY, Duration::ZERO);
     let mut failures = 0u32;
     loop {
@@ -278,19 +289,19 @@ mod tests {
 
     #[test]
     fn one_tasks_statuses_leave_one_at_a_time_in_order() {
-        let status = |id: &str, state| TaskStatus::new(id, "w", state);
+        let status = |id: &str, state| StatusUpdate::from(TaskStatus::new(id, "w", state));
         let mut outbox = Outbox::default();
         outbox.push(status("a", TaskState::Queued));
         outbox.push(status("a", TaskState::Running));
         outbox.push(status("b", TaskState::Queued));
         let first = outbox.next().unwrap();
         assert_eq!(
-            (first.task_id.as_str(), first.state),
+            (first.status.task_id.as_str(), first.status.state),
             ("a", TaskState::Queued)
         );
         let second = outbox.next().unwrap();
         assert_eq!(
-            (second.task_id.as_str(), second.state),
+            (second.status.task_id.as_str(), second.status.state),
             ("b", TaskState::Queued)
         );
         // Nothing else until a post ends: a's running waits behind a's queued.
@@ -298,14 +309,14 @@ mod tests {
         outbox.done("a");
         let third = outbox.next().unwrap();
         assert_eq!(
-            (third.task_id.as_str(), third.state),
+            (third.status.task_id.as_str(), third.status.state),
             ("a", TaskState::Running)
         );
         // A status arriving for a task with a post under way waits too.
         outbox.push(status("b", TaskState::Running));
         assert!(outbox.next().is_none());
         outbox.done("b");
-        assert_eq!(outbox.next().unwrap().state, TaskState::Running);
+        assert_eq!(outbox.next().unwrap().status.state, TaskState::Running);
         outbox.done("a");
         outbox.done("b");
         assert!(outbox.is_empty());

@@ -85,7 +85,9 @@ async fn each_tasks_statuses_arrive_in_order_through_retries_and_refusals() {
     let states = [TaskState::Queued, TaskState::Running, TaskState::Success];
     for state in states {
         for task in ["a", "flaky", "bad", "b"] {
-            changes.send(TaskStatus::new(task, "w", state)).unwrap();
+            changes
+                .send(TaskStatus::new(task, "w", state).into())
+                .unwrap();
         }
     }
     drop(changes);

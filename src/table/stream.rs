@@ -23,24 +23,24 @@ use super::view::LiveEvent;
 use super::{Entry, Inner, TaskTable};
 use crate::journal::{JournalHealth, Record};
 use crate::metrics::Refusal;
-use crate::model::{Delivery, ReplyRoute, TaskState, TaskStatus};
+use crate::model::{Delivery, ReplyRoute, StatusUpdate, TaskState, TaskStatus};
 
 /// The subscribers of the lossless, ordered status stream; clones share
 /// them. Whoever sends decides when a status is streamed (the table, or the
 /// journal's writer once the status is committed).
 #[derive(Clone, Debug, Default)]
 pub struct ChangeStream {
-    subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<TaskStatus>>>>,
+    subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<StatusUpdate>>>>,
 }
 
 impl ChangeStream {
     /// Adds a subscriber: it gets every status sent from now on.
-    pub fn add(&self, subscriber: mpsc::UnboundedSender<TaskStatus>) {
+    pub fn add(&self, subscriber: mpsc::UnboundedSender<StatusUpdate>) {
         self.lock().push(subscriber);
     }
 
     /// Sends `status` to every subscriber, dropping those that are gone.
-    pub fn send(&self, status: TaskStatus) {
+    pub fn send(&self, status: StatusUpdate) {
         let mut subscribers = self.lock();
         // The usual case (one publisher) needs no copy.
         if let [only] = subscribers.as_slice() {
@@ -57,7 +57,7 @@ impl ChangeStream {
         self.lock().clear();
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<mpsc::UnboundedSender<TaskStatus>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<mpsc::UnboundedSender<StatusUpdate>>> {
         // Only pushes, sends and clears happen under it: always consistent.
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -66,7 +66,7 @@ impl ChangeStream {
 impl TaskTable {
     /// A stream of every status change from now on, in order (once
     /// journaled, when there is a journal).
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<TaskStatus> {
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<StatusUpdate> {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = self.lock();
         let stream = inner.stream.clone();
@@ -180,7 +180,7 @@ impl Inner {
         self.settings.metrics.refused(Refusal::Duplicate);
         match &self.settings.journal {
             Some(journal) => journal.relay(snapshot),
-            None => self.stream.send(snapshot),
+            None => self.stream.send(snapshot.into()),
         }
         true
     }
@@ -207,7 +207,7 @@ impl Inner {
                 },
                 status: snapshot,
             }),
-            None => self.stream.send(snapshot),
+            None => self.stream.send(snapshot.into()),
         }
     }
 }

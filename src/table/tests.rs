@@ -17,16 +17,16 @@ fn table(max_queue_size: usize, history_limit: usize) -> TaskTable {
         journal: None,
     })
 }
-use crate::model::{Delivery, Inventory};
+use crate::model::{Delivery, Inventory, StatusUpdate};
 
 fn spec(id: &str) -> TaskSpec {
     let inventory = Inventory::Inline("localhost,".into());
     TaskSpec::with_defaults(id, PathBuf::from("/p/site.yml"), inventory)
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<TaskStatus>) -> Vec<(String, TaskState)> {
+fn drain(rx: &mut mpsc::UnboundedReceiver<StatusUpdate>) -> Vec<(String, TaskState)> {
     let mut seen = vec![];
-    while let Ok(s) = rx.try_recv() {
+    while let Ok(StatusUpdate { status: s, .. }) = rx.try_recv() {
         seen.push((s.task_id, s.state));
     }
     seen
@@ -359,10 +359,10 @@ fn route(topic: &str) -> Option<ReplyRoute> {
 
 /// State, reply topic and repeat flag of every streamed status.
 fn deliveries(
-    rx: &mut mpsc::UnboundedReceiver<TaskStatus>,
+    rx: &mut mpsc::UnboundedReceiver<StatusUpdate>,
 ) -> Vec<(TaskState, Option<String>, bool)> {
     let mut seen = vec![];
-    while let Ok(s) = rx.try_recv() {
+    while let Ok(StatusUpdate { status: s, .. }) = rx.try_recv() {
         let reply = s.delivery.reply.as_ref().map(|r| r.topic.clone());
         seen.push((s.state, reply, s.delivery.repeat));
     }
@@ -466,8 +466,8 @@ async fn with_a_journal_a_subscriber_starts_and_ends_in_line_with_the_changes() 
     table.submit(spec("after"), None);
     table.journaled().await;
     let mut seen = vec![];
-    while let Some(status) = rx.recv().await {
-        seen.push(status.task_id);
+    while let Some(update) = rx.recv().await {
+        seen.push(update.status.task_id);
     }
     assert_eq!(seen, ["during"]);
     close(table).await;

@@ -27,7 +27,7 @@ use std::pin::Pin;
 use tokio::sync::{mpsc, watch};
 
 use crate::intake::{IntakePolicy, Refusal, parse_request};
-use crate::model::{ReplyRoute, TaskStatus};
+use crate::model::{ReplyRoute, StatusUpdate, TaskStatus};
 use crate::table::TaskTable;
 
 /// A boxed future, for the object-safe traits below.
@@ -92,7 +92,7 @@ pub trait StatusSink: Send {
     fn deliver(
         self: Box<Self>,
         restored: Vec<TaskStatus>,
-        changes: mpsc::UnboundedReceiver<TaskStatus>,
+        changes: mpsc::UnboundedReceiver<StatusUpdate>,
     ) -> BoxFuture<'static, ()>;
 }
 
