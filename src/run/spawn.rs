@@ -509,10 +509,16 @@ mod tests {
 
     #[tokio::test]
     async fn signals_are_unblocked_and_sigpipe_is_back_to_its_default() {
-        // The test harness, like the worker, ignores SIGPIPE itself.
+        // The test harness, like the worker, ignores SIGPIPE itself. `grep`
+        // reads its own masks (a shell's change while it waits for a child).
         let dir = tempfile::TempDir::new().unwrap();
-        let script = "grep -E '^Sig(Blk|Ign)' /proc/$$/status";
-        let (_, out) = run(&shell(dir.path(), &[]), script).await;
+        let grep = Launcher::new(Path::new("grep"), dir.path(), &[], &[]).unwrap();
+        let args = ["-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+        let mut child = grep.spawn(args.map(OsString::from).to_vec(), &[]).unwrap();
+        let mut out = String::new();
+        let mut stdout = child.stdout.take().unwrap();
+        stdout.read_to_string(&mut out).await.unwrap();
+        assert!(child.wait().await.unwrap().success());
         let mask = |name: &str| {
             let line = out.lines().find(|l| l.starts_with(name)).unwrap();
             u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
