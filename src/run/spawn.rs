@@ -11,9 +11,10 @@
 //! a process-group leader, in the playbook directory, stdin from
 //! `/dev/null`, stdout and stderr piped, no signal blocked and SIGPIPE back
 //! to its default action. Its exit is watched through a pidfd (Linux 5.3+),
-//! which wakes the runtime once, with no signal handler involved. Dropped
-//! before its exit was seen, the child is killed and reaped in the
-//! background, like tokio's `kill_on_drop`.
+//! which wakes the runtime once, with no signal handler involved; where
+//! there are no pidfds, every SIGCHLD wakes it to look. Dropped before its
+//! exit was seen, the child is killed and reaped in the background, like
+//! tokio's `kill_on_drop`.
 
 // posix_spawn and pidfd_open have no safe wrapper in the crates we use.
 #![allow(unsafe_code)]
@@ -126,13 +127,18 @@ impl Launcher {
                 ));
             }
         };
-        Ok(RunChild {
+        // Made before the pipes are registered: if that fails, its drop
+        // kills and reaps the process.
+        let mut child = RunChild {
             pid,
             exit: Some(exit),
             status: None,
-            stdout: Some(pipe::Receiver::from_owned_fd(stdout_read)?),
-            stderr: Some(pipe::Receiver::from_owned_fd(stderr_read)?),
-        })
+            stdout: None,
+            stderr: None,
+        };
+        child.stdout = Some(pipe::Receiver::from_owned_fd(stdout_read)?);
+        child.stderr = Some(pipe::Receiver::from_owned_fd(stderr_read)?);
+        Ok(child)
     }
 
     fn posix_spawn(
