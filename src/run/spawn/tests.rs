@@ -8,6 +8,15 @@ fn shell(dir: &Path, common: &[(&str, OsString)]) -> Launcher {
     Launcher::new(Path::new("sh"), dir, common, &["RUN_ONLY"]).unwrap()
 }
 
+/// A shell launcher whose children's exits are watched by pidfd, or by
+/// SIGCHLD (the fallback) when `pidfds` is false.
+fn shell_watching(dir: &Path, pidfds: bool) -> Launcher {
+    Launcher {
+        pidfds,
+        ..shell(dir, &[])
+    }
+}
+
 /// Runs the launcher's program with `args` and `variables` to its end; its
 /// exit status and standard output.
 async fn output_of(
@@ -101,8 +110,7 @@ async fn signals_are_unblocked_and_sigpipe_is_back_to_its_default() {
 async fn exit_codes_and_signals_are_reported_by_either_watch() {
     let dir = tempfile::TempDir::new().unwrap();
     for pidfds in [true, false] {
-        let mut launcher = shell(dir.path(), &[]);
-        launcher.pidfds = pidfds;
+        let launcher = shell_watching(dir.path(), pidfds);
         let (status, _) = run(&launcher, "sleep 0.05; exit 3").await;
         assert_eq!(status.code(), Some(3), "pidfds: {pidfds}");
         let (status, _) = run(&launcher, "kill -TERM $$").await;
@@ -114,8 +122,7 @@ async fn exit_codes_and_signals_are_reported_by_either_watch() {
 async fn a_dropped_child_is_killed_and_reaped() {
     let dir = tempfile::TempDir::new().unwrap();
     for pidfds in [true, false] {
-        let mut launcher = shell(dir.path(), &[]);
-        launcher.pidfds = pidfds;
+        let launcher = shell_watching(dir.path(), pidfds);
         let child = launcher
             .spawn(vec!["-c".into(), "sleep 60".into()], &[])
             .unwrap();
