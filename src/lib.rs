@@ -108,9 +108,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     let metrics = Arc::new(Metrics::default());
     let shown_source = side::shown_source(&config);
     let mut embedded = None;
+    let mut status_link = None;
     if config.broker.enabled {
         let topics = mqtt::topics::Topics::of(&config.worker);
-        let broker = broker::start(
+        let mut broker = broker::start(
             &config.broker,
             &topics,
             &config.worker.worker_id,
@@ -119,6 +120,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         if config.mqtt.host.is_none() {
             config.mqtt.host = Some(broker.private.ip().to_string());
             config.mqtt.port = broker.private.port();
+            status_link = broker.status_link.take();
         }
         embedded = Some(broker);
     }
@@ -170,7 +172,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     table.journaled().await;
     // The one intake policy of every transport's and the API's requests.
     let policy = intake::IntakePolicy::of(worker);
-    let mut side = Side::start(&config, &table, policy.clone())?;
+    let mut side = Side::start(&config, &table, policy.clone(), status_link)?;
     let source = side.source();
     let sink = side.sink().expect("the status sink is taken once");
     let statuses = tokio::spawn(sink.deliver(side.restored(&table), table.subscribe()));

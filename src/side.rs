@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::StartError;
+use crate::broker::local::StatusLink;
 use crate::config::{Config, Transport};
 use crate::intake::IntakePolicy;
 use crate::model::{EventSink, NoEvents};
@@ -32,9 +33,15 @@ impl Side {
         config: &Config,
         table: &TaskTable,
         policy: IntakePolicy,
+        status_link: Option<StatusLink>,
     ) -> Result<Side, StartError> {
         Ok(match config.transport {
-            Transport::Mqtt => Side::Mqtt(Box::new(MqttSide::start(config, table, policy)?)),
+            Transport::Mqtt => Side::Mqtt(Box::new(MqttSide::start(
+                config,
+                table,
+                policy,
+                status_link,
+            )?)),
             Transport::Http => Side::Poll(PollSide::start(config, table, policy)?),
         })
     }

@@ -84,14 +84,18 @@ async fn a_persistent_shared_member_leaving_unacked_does_not_stop_the_appliance(
 /// A client with the worker's client id threw the worker out (and the
 /// worker it, about once a second). Now it gets CONNACK 0x85 (MQTT 5) or
 /// "identifier rejected" (3.1.1), and the worker's connection is untouched.
+/// The same holds for the client id of the in-process link its statuses
+/// take into the broker: a namesake would take that link over, and no
+/// status would reach a subscriber again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_workers_client_id_is_refused_and_the_worker_keeps_its_connection() {
+async fn the_workers_client_ids_are_refused_and_the_worker_keeps_its_connections() {
     let (appliance, observer) = Appliance::lab().await;
-    for _ in 0..3 {
-        let (mut v5, connack) = RawMqtt::connect(appliance.ports.v5, true, WORKER_ID, None).await;
+    let status_link = format!("{WORKER_ID}:statuses");
+    for id in [WORKER_ID, WORKER_ID, status_link.as_str()] {
+        let (mut v5, connack) = RawMqtt::connect(appliance.ports.v5, true, id, None).await;
         assert_eq!(connack, [0x20, 3, 0, 0x85, 0]);
         assert_eq!(v5.read().await, None, "the connection is closed after");
-        let (_v4, connack) = RawMqtt::connect(appliance.ports.v4, false, WORKER_ID, None).await;
+        let (_v4, connack) = RawMqtt::connect(appliance.ports.v4, false, id, None).await;
         assert_eq!(connack, [0x20, 2, 0, 0x02]);
     }
     observer

@@ -13,6 +13,7 @@
 //! can follow (the front door refuses the worker's client id).
 
 mod front;
+pub mod local;
 mod nodelay;
 mod packets;
 mod rules;
@@ -36,6 +37,8 @@ const V4_THREAD: &str = "broker-v4";
 const ROUTER_THREAD_PREFIX: &str = "router-";
 /// Exit code when a broker thread panicked (EX_SOFTWARE).
 const PANIC_EXIT_CODE: i32 = 70;
+/// Size of one segment of a filter's in-memory log (see `rumqttd_config`).
+const SEGMENT_SIZE: usize = 256 * 1024;
 /// How long the listeners get to accept connections after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,6 +66,8 @@ pub enum BrokerError {
 pub struct Embedded {
     /// rumqttd's private MQTT 5 listener, for the worker's own connection.
     pub private: SocketAddr,
+    /// The in-process way for the worker's statuses, until taken.
+    pub status_link: Option<local::StatusLink>,
     traffic: Arc<front::Traffic>,
 }
 
@@ -110,15 +115,19 @@ pub fn start(
     };
     install_panic_policy();
     let rumqttd_config = rumqttd_config(config, private_v5, private_v4, &topics.tasks());
+    let link_id = local::client_id(worker_id);
+    let (linked, link) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("broker".into())
         .spawn(move || {
             let mut broker = rumqttd::Broker::new(rumqttd_config);
+            let _ = linked.send(local::StatusLink::open(&broker, &link_id));
             if let Err(e) = broker.start() {
                 tracing::error!("embedded broker stopped: {e}");
             }
         })
         .map_err(BrokerError::Thread)?;
+    let status_link = link.recv().ok().flatten();
     let private: Vec<SocketAddr> = std::iter::once(private_v5).chain(private_v4).collect();
     for addr in &private {
         wait_until_accepting(*addr)?;
@@ -147,6 +156,7 @@ pub fn start(
     }
     Ok(Embedded {
         private: private_v5,
+        status_link,
         traffic,
     })
 }
@@ -253,17 +263,22 @@ fn rumqttd_config(
         v4.insert("v4".to_owned(), server(V4_THREAD, listen));
         v4
     });
-    // Segments hold delivered messages per filter in memory, each message
-    // pinning the whole read buffer it arrived in, and a subscriber that
-    // falls behind the oldest segment silently loses what fell off. Status
-    // filters: small, so the broker stays small after a burst, yet room for a
-    // maximum-size payload per segment and thousands of statuses over the
-    // 4 + 1 segments. Requests: 4 times that, since a burst is published
-    // faster than the worker records it, and a lost request is a lost task.
-    let max_segment_size = (1024 * 1024).max(config.max_payload_size);
+    // Segments hold the messages of each filter in memory (a message read
+    // from a socket pins the whole read buffer it arrived in), and a
+    // subscriber that falls behind the oldest segment silently loses what
+    // fell off. A message larger than a segment gets a segment of its own,
+    // so any payload fits. Status filters and every other: 4 + 1 segments
+    // of 256 KiB, ~4,800 statuses of a stub run or ~2,000 of a real one,
+    // more than Mosquitto queues for a client by default (1,000 messages),
+    // and the broker stays small after a burst. Requests: 16 times the
+    // larger of 1 MiB and the payload limit, since a burst is published
+    // faster than the worker records it and a lost request is a lost task,
+    // in small segments, as a segment's vector of entries grows by doubling
+    // and an entry outweighs a small request.
+    let request_log = 16 * (1024 * 1024).max(config.max_payload_size);
     let requests = SegmentConfig {
-        max_segment_size: 4 * max_segment_size,
-        max_segment_count: 4,
+        max_segment_size: request_log / 64,
+        max_segment_count: 64,
     };
     rumqttd::Config {
         id: 0,
@@ -272,7 +287,7 @@ fn rumqttd_config(
             // listener (MQTT-NOTES.md).
             max_connections: 10_000,
             max_outgoing_packet_count: 200,
-            max_segment_size,
+            max_segment_size: SEGMENT_SIZE,
             max_segment_count: 4,
             custom_segment: Some(HashMap::from([(requests_topic.to_owned(), requests)])),
             initialized_filters: None,
@@ -321,12 +336,18 @@ mod tests {
         let v4 = &config.v4.as_ref().unwrap()["v4"];
         assert_eq!(v4.name, V4_THREAD);
         assert!(config.router.max_connections >= 1000);
+        // A subscriber may fall behind by more than 1,000 statuses of 1 KiB.
         let segment = config.router.max_segment_size;
-        assert!(segment >= v5.connections.max_payload_size);
-        assert!(segment * (config.router.max_segment_count + 1) >= 4 * 1024 * 1024);
-        // The request filter keeps a burst of 10,000 requests of 1 KiB.
+        assert!(segment * (config.router.max_segment_count + 1) >= 1000 * 1024);
+        // The request filter keeps a burst of 10,000 requests of 1 KiB, and
+        // more with a larger payload limit.
         let requests = &config.router.custom_segment.as_ref().unwrap()["ansible/lab/tasks"];
         assert!(requests.max_segment_size * requests.max_segment_count >= 10_000 * 1024);
+        let mut larger = broker_config();
+        larger.max_payload_size = 8 << 20;
+        let config = rumqttd_config(&larger, private, None, "ansible/lab/tasks");
+        let requests = &config.router.custom_segment.as_ref().unwrap()["ansible/lab/tasks"];
+        assert!(requests.max_segment_size * requests.max_segment_count >= 10 * (8 << 20));
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub struct Rules {
 
 impl Rules {
     /// Rules for `config`, protecting the worker whose own topics are
-    /// `topics` and whose client id is `worker_id`.
+    /// `topics` and whose client id is `worker_id` (and its statuses' link's,
+    /// [`super::local::client_id`]).
     pub fn new(
         config: &BrokerConfig,
         topics: Topics,
@@ -63,7 +64,7 @@ impl Rules {
         metrics: Arc<Metrics>,
     ) -> Rules {
         Rules {
-            reserved_ids: vec![worker_id.to_owned()],
+            reserved_ids: vec![worker_id.to_owned(), super::local::client_id(worker_id)],
             users: config.users.clone(),
             roles: config.roles.clone(),
             topics,
@@ -174,12 +175,11 @@ mod tests {
     }
 
     #[test]
-    fn the_workers_id_is_reserved() {
+    fn the_workers_ids_are_reserved() {
         let open = rules(&[], &[]);
-        assert_eq!(
-            open.admit("w1", None, None),
-            Err(ConnectRefusal::ReservedId)
-        );
+        for id in ["w1", "w1:statuses"] {
+            assert_eq!(open.admit(id, None, None), Err(ConnectRefusal::ReservedId));
+        }
         assert_eq!(open.admit("w2", None, None), Ok(Role::Controller));
         assert_eq!(open.admit("", Some(("x", "y")), None), Ok(Role::Controller));
     }

@@ -1,11 +1,12 @@
 //! The MQTT transport: one client connection (`client`) and its options
 //! (`options`, with the TLS settings of `transport::tls`), the status publisher
-//! (`publisher`, the [`StatusSink`]), the run events publisher (`events`),
-//! the presence document and will (`presence`), what the broker granted and
-//! when to reconnect (`link`), the worker's own API's submits and cancels
-//! forwarded to the group (`source`, the [`TaskSource`]), and the topic
-//! names of PROTOCOL.md (`topics`). [`MqttSide`] wires them together for
-//! `run`.
+//! (`publisher`, the [`StatusSink`]; with the embedded broker, statuses take
+//! its in-process link instead, `crate::broker::local`), the run events
+//! publisher (`events`), the presence document and will (`presence`), what
+//! the broker granted and when to reconnect (`link`), the worker's own API's
+//! submits and cancels forwarded to the group (`source`, the
+//! [`TaskSource`]), and the topic names of PROTOCOL.md (`topics`).
+//! [`MqttSide`] wires them together for `run`.
 
 pub mod client;
 pub mod events;
@@ -28,6 +29,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::local::{LinkPublisher, StatusLink};
 use crate::config::Config;
 use crate::intake::IntakePolicy;
 use crate::model::{EventSink, StatusUpdate, TaskStatus};
@@ -51,10 +53,8 @@ pub struct MqttSide {
     link_state: watch::Receiver<LinkState>,
     /// Resolves when the connection's thread ended.
     link: oneshot::Receiver<()>,
-    /// The connection thread's runtime, where the status publisher runs.
-    link_runtime: Handle,
     abort_link: CancellationToken,
-    publisher: Option<StatusPublisher>,
+    sink: Option<Box<dyn StatusSink>>,
     presence: JoinHandle<()>,
     stop_presence: CancellationToken,
 }
@@ -66,6 +66,7 @@ impl MqttSide {
         config: &Config,
         table: &TaskTable,
         policy: IntakePolicy,
+        status_link: Option<StatusLink>,
     ) -> Result<Self, ClientError> {
         let worker = &config.worker;
         let topics = Topics::of(worker);
@@ -80,16 +81,6 @@ impl MqttSide {
         let (client, eventloop) = options::client(options);
         let (link_tx, link_rx) = watch::channel(LinkState::default());
         let window = PublishWindow::default();
-        let publisher = StatusPublisher::new(
-            client.clone(),
-            PublisherSettings {
-                topics: topics.clone(),
-                status_expiry: worker.status_expiry,
-                in_flight_window: config.mqtt.keepalive * 3,
-                window: window.clone(),
-            },
-            link_rx.clone(),
-        );
         let (acks, pending_acks) = tokio::sync::mpsc::unbounded_channel();
         let acknowledger = client::acknowledge(client.clone(), pending_acks, link_rx.clone());
         let stop_presence = CancellationToken::new();
@@ -114,7 +105,7 @@ impl MqttSide {
             policy,
             topics: topics.clone(),
             acks,
-            window,
+            window: window.clone(),
             events_window,
         };
         let abort_link = CancellationToken::new();
@@ -130,15 +121,36 @@ impl MqttSide {
             tokio::join!(drive, acknowledger);
         })
         .map_err(ClientError::Thread)?;
+        // Into the embedded broker in-process where there is a link to it;
+        // over the connection otherwise.
+        let sink: Box<dyn StatusSink> = match status_link {
+            Some(link) => Box::new(LinkPublisher::new(
+                link,
+                topics.clone(),
+                worker.status_expiry,
+            )),
+            None => Box::new(OnLinkThread {
+                publisher: StatusPublisher::new(
+                    client.clone(),
+                    PublisherSettings {
+                        topics: topics.clone(),
+                        status_expiry: worker.status_expiry,
+                        in_flight_window: config.mqtt.keepalive * 3,
+                        window,
+                    },
+                    link_rx.clone(),
+                ),
+                runtime: link_runtime,
+            }),
+        };
         Ok(MqttSide {
             client,
             topics,
             events,
             link_state: link_rx,
             link,
-            link_runtime,
             abort_link,
-            publisher: Some(publisher),
+            sink: Some(sink),
             presence,
             stop_presence,
         })
@@ -164,11 +176,7 @@ impl MqttSide {
     /// its publishes to and that hands it their acknowledgements: a status
     /// then wakes one thread, not two.
     pub fn sink(&mut self) -> Option<Box<dyn StatusSink>> {
-        let publisher = self.publisher.take()?;
-        Some(Box::new(OnLinkThread {
-            publisher,
-            runtime: self.link_runtime.clone(),
-        }))
+        self.sink.take()
     }
 
     /// Where runs send their events: the events topic.

@@ -195,7 +195,7 @@ fn forget_delivered(latest: &mut HashMap<String, Box<Latest>>, window: Duration)
 
 /// Seconds left before a final status should expire; `None` when it does not
 /// expire, `Some(0)` when it already has.
-fn expiry_left(status: &TaskStatus, expiry: Option<Duration>) -> Option<u32> {
+pub(crate) fn expiry_left(status: &TaskStatus, expiry: Option<Duration>) -> Option<u32> {
     let expiry = expiry?;
     let completed = status.completed_at.filter(|_| status.state.is_final())?;
     let age = (chrono::Utc::now() - completed)
