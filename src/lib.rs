@@ -8,7 +8,8 @@
 //!   change stream; restart recovery.
 //! - [`journal`]: the durable record of every task (SQLite), written before a
 //!   status leaves the process and read back at start.
-//! - [`pool`]: `worker.concurrency` permits; queued tasks → runs.
+//! - [`pool`]: `worker.concurrency` permits; queued tasks → runs; [`heap`]:
+//!   what a burst freed goes back to the system when the pool is idle.
 //! - [`mod@run`]: [`run::PlaybookRunner`], one `ansible-playbook` process each,
 //!   observed through a callback plugin; timeouts and cancel kill the tree.
 //! - [`transport`]: what the core needs from a transport (a task source and a
@@ -29,6 +30,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod heap;
 pub mod http;
 pub mod intake;
 pub mod journal;

@@ -7,7 +7,8 @@
 //!
 //! A run's task starts, results and output lines also go, numbered from 1
 //! per run, to an [`EventSink`] (the MQTT events topic), which never blocks
-//! the run.
+//! the run. When the last run ends with nothing queued, the heap the burst
+//! freed goes back to the system ([`IdleTrim`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::heap::IdleTrim;
 use crate::model::{Counters, EventSink, RunEvent};
 use crate::run::{PlaybookRunner, RunEvents};
 use crate::table::{self, TaskTable};
@@ -70,6 +72,7 @@ pub async fn dispatch(
     runs: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
+    let idle_trim = Arc::new(IdleTrim::default());
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -86,6 +89,7 @@ pub async fn dispatch(
         let table = table.clone();
         let runner = runner.clone();
         let sink = sink.clone();
+        let idle_trim = idle_trim.clone();
         runs.spawn(async move {
             let id = spec.task_id.clone();
             tracing::info!(task_id = %id, playbook = %spec.playbook.display(), "run started");
@@ -100,6 +104,9 @@ pub async fn dispatch(
                 return_code = ?outcome.return_code, "run finished");
             table.finish(&id, outcome);
             drop(permit);
+            if table.load() == (0, 0) {
+                idle_trim.went_idle();
+            }
         });
     }
 }
