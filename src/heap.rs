@@ -1,14 +1,21 @@
-//! Giving the heap a burst freed back to the system.
+//! Keeping the heap small: glibc's allocator tuned for a long-running
+//! process with bursts.
 //!
-//! glibc's allocator returns freed memory to the system by itself only from
-//! the top of a heap; what a burst of thousands of tasks freed in the middle
-//! (request and status buffers, queues that grew) stays in the process.
+//! glibc returns freed memory to the system by itself only from the top of
+//! a heap; what a burst of thousands of tasks freed in the middle (request
+//! and status buffers, queues that grew) stays in the process.
 //! `malloc_trim` hands those pages back. It walks every arena under its
 //! lock, so the pool calls it only when the worker has just gone idle, and
 //! [`IdleTrim`] spaces the calls out.
 //!
+//! glibc also gives each thread that allocates at the same time as another
+//! an arena of its own, up to 8 per CPU, and each arena keeps its own free
+//! memory. No more threads than CPUs run at once, and small allocations
+//! mostly come from each thread's own cache, so [`limit_arenas`] caps the
+//! arenas at one per CPU.
+//!
 //! This is the crate's third `unsafe` place (with `run/spawn.rs` and
-//! `broker/nodelay.rs`): one foreign call without preconditions.
+//! `broker/nodelay.rs`): two foreign calls without preconditions.
 #![allow(unsafe_code)]
 
 use std::sync::Mutex;
@@ -35,6 +42,21 @@ impl IdleTrim {
         drop(last);
         trim();
     }
+}
+
+/// Caps glibc's arenas at one per CPU (at least 2). Called once at start,
+/// before other threads exist.
+pub fn limit_arenas() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let cpus = i32::try_from(cpus).unwrap_or(i32::MAX);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` takes a parameter number and a value and has no
+    // preconditions; no other thread allocates yet.
+    if unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, cpus) } != 1 {
+        tracing::debug!("glibc did not take the arena limit");
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = cpus;
 }
 
 /// Returns free heap pages to the system; whether any were.

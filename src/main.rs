@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config.log_level);
+    ansible_worker::heap::limit_arenas();
     match serve(config) {
         // A second signal may end the runs before its own exit comes: the
         // shutdown then completes, and still leaves with that signal's code.

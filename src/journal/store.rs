@@ -84,6 +84,9 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
         // A cleared request must not survive in free space or free pages.
         conn.pragma_update(None, "secure_delete", true)?;
+        // Rows are appended and changed while recent, and read whole only
+        // at start: 1 MiB of page cache (instead of 2) holds what is hot.
+        conn.pragma_update(None, "cache_size", -1024)?;
         conn.execute_batch(SCHEMA)?;
         conn.query_row("PRAGMA user_version", [], |row| row.get(0))
     };
