@@ -153,16 +153,20 @@ impl Sender {
             message_expiry_interval: expiry,
             ..PublishProperties::default()
         };
+        let Some(route) = &status.delivery.reply else {
+            // Not cloned when not needed: cloning gives the copy a shared
+            // header, one more allocation the broker would keep.
+            self.publish(topic, true, payload, properties);
+            return;
+        };
         self.publish(topic, true, payload.clone(), properties);
-        if let Some(route) = &status.delivery.reply {
-            let properties = PublishProperties {
-                correlation_data: route.correlation.clone(),
-                message_expiry_interval: expiry,
-                ..PublishProperties::default()
-            };
-            let topic = Bytes::copy_from_slice(route.topic.as_bytes());
-            self.publish(topic, false, payload, properties);
-        }
+        let properties = PublishProperties {
+            correlation_data: route.correlation.clone(),
+            message_expiry_interval: expiry,
+            ..PublishProperties::default()
+        };
+        let topic = Bytes::copy_from_slice(route.topic.as_bytes());
+        self.publish(topic, false, payload, properties);
     }
 
     /// `status`'s topic, shared by the statuses of its task until the final
