@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -334,4 +336,107 @@ async fn observers_cannot_publish_and_wrong_logins_are_refused() {
     );
     assert!(log.contains("client_id=\"watcher-raw\""), "{log}");
     assert!(!log.contains("nope") && !log.contains("lab-secret"));
+}
+
+/// rumqttd cannot write MQTT 5 properties to an MQTT 3.1.1 client: any
+/// client publishing with one (a user property, say) to a topic a 3.1.1
+/// client follows panicked the 3.1.1 listener's thread, and the panic
+/// policy ended the whole appliance (exit 70). Now only that subscriber's
+/// connection is lost: the appliance runs on, 3.1.1 clients connect and
+/// receive as before, and tasks run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_property_bound_for_a_mqtt311_subscriber_does_not_stop_the_appliance() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::{AsyncClient, MqttOptions};
+
+    let (appliance, observer) = Appliance::lab().await;
+    let (_victim, mut victim) = V311Subscriber::start(appliance.ports.v4, "shared/news").await;
+    let mut options = MqttOptions::new("property-sender", "127.0.0.1", appliance.ports.v5);
+    options.set_max_packet_size(Some(1 << 20));
+    let (sender, mut eventloop) = AsyncClient::new(options, 10);
+    let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let properties = PublishProperties {
+        user_properties: vec![("a".into(), "b".into())],
+        ..Default::default()
+    };
+    sender
+        .publish_with_properties("shared/news", QoS::AtLeastOnce, false, "hi", properties)
+        .await
+        .unwrap();
+    // The victim gets the message without the property, or loses its
+    // connection.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match victim.eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    driver.abort();
+
+    let mut appliance = appliance;
+    assert!(appliance.worker.is_running(), "{}", appliance.worker.log());
+    let (_later, mut later) = V311Subscriber::start(appliance.ports.v4, "shared/plain").await;
+    mosquitto_pub_v5(appliance.ports.v5, "shared/plain", "plain");
+    let received = tokio::time::timeout(DEADLINE, later.next_publish())
+        .await
+        .expect("a 3.1.1 client still gets messages");
+    assert_eq!(received, b"plain");
+    observer
+        .submit(json!({"task_id": "after", "playbook": "hello.yml", "inventory": "inventory.yml"}))
+        .await;
+    assert_eq!(
+        observer.wait_final("after", DEADLINE).await["state"],
+        "success"
+    );
+    assert!(appliance.worker.is_running());
+}
+
+/// An MQTT 3.1.1 client (rumqttc's v4 API) subscribed to one topic.
+struct V311Subscriber {
+    eventloop: rumqttc::EventLoop,
+}
+
+impl V311Subscriber {
+    async fn start(port: u16, topic: &str) -> (rumqttc::AsyncClient, V311Subscriber) {
+        let options = rumqttc::MqttOptions::new(unique("v311"), "127.0.0.1", port);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        client
+            .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            let event = tokio::time::timeout(DEADLINE, eventloop.poll())
+                .await
+                .expect("subscribed in time")
+                .expect("connected");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = event {
+                return (client, V311Subscriber { eventloop });
+            }
+        }
+    }
+
+    /// The payload of the next message; panics if the connection fails.
+    async fn next_publish(&mut self) -> Vec<u8> {
+        loop {
+            let event = self.eventloop.poll().await.expect("the connection holds");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) = event {
+                return publish.payload.to_vec();
+            }
+        }
+    }
+}
+
+/// Publishes `payload` to `topic` at QoS 1 with the MQTT 5 command-line
+/// client (no properties).
+fn mosquitto_pub_v5(port: u16, topic: &str, payload: &str) {
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+        .args(["-q", "1", "-t", topic, "-m", payload])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

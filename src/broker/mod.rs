@@ -208,13 +208,24 @@ pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
 
 /// A panic on a broker thread leaves a process whose ports are open but whose
 /// broker no longer works; end the process instead. Other panics keep the
-/// default behaviour.
+/// default behaviour, and so does one of rumqttd's MQTT 3.1.1 encoder: it
+/// panics when a message for a 3.1.1 client carries MQTT 5 properties
+/// (which any MQTT 5 client can add), inside that one connection's task,
+/// which the listener's runtime outlives. Only that client's connection is
+/// lost then, not the appliance.
 fn install_panic_policy() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
         let thread = std::thread::current();
         let name = thread.name().unwrap_or_default();
+        if name == V4_THREAD && info.location().is_some_and(|at| is_v4_encoder(at.file())) {
+            tracing::error!(
+                "a message with MQTT 5 properties cannot go to an MQTT 3.1.1 client: \
+                 the embedded broker dropped that client's connection"
+            );
+            return;
+        }
         if name == V5_THREAD || name == V4_THREAD || name.starts_with(ROUTER_THREAD_PREFIX) {
             tracing::error!(
                 thread = name,
@@ -224,6 +235,13 @@ fn install_panic_policy() {
             std::process::exit(PANIC_EXIT_CODE);
         }
     }));
+}
+
+/// Whether `file` (a panic's location) is rumqttd's MQTT 3.1.1 packet
+/// encoder.
+fn is_v4_encoder(file: &str) -> bool {
+    let file = file.replace('\\', "/");
+    file.contains("/rumqttd-") && file.ends_with("/src/protocol/v4/mod.rs")
 }
 
 /// The rumqttd configuration for `[broker]` on the private listeners
@@ -376,6 +394,20 @@ mod tests {
         let error = start(&config, &topics, "w1", Default::default()).unwrap_err();
         assert!(matches!(error, BrokerError::Bind { .. }));
         assert!(error.to_string().contains(&config.listen.to_string()));
+    }
+
+    #[test]
+    fn only_rumqttds_v4_encoder_is_recognised() {
+        let registry = "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f";
+        assert!(is_v4_encoder(&format!(
+            "{registry}/rumqttd-0.20.0/src/protocol/v4/mod.rs"
+        )));
+        assert!(!is_v4_encoder(&format!(
+            "{registry}/rumqttd-0.20.0/src/router/routing.rs"
+        )));
+        assert!(!is_v4_encoder(&format!(
+            "{registry}/rumqttc-0.25.1/src/protocol/v4/mod.rs"
+        )));
     }
 
     #[test]
