@@ -6,11 +6,13 @@
 //! running half-alive (MQTT-NOTES.md): a listener whose port is taken fails
 //! startup with a clear error (rumqttd itself only logs it), and a panic on any
 //! broker thread ends the whole process with a logged reason, so a supervisor
-//! restarts a healthy appliance. rumqttd itself listens only on private
-//! loopback ports: outside clients reach it through the front door
-//! (`front`), which enforces the rules of `rules`, while the worker's own
-//! connection goes to the private MQTT 5 port directly, where no impostor
-//! can follow (the front door refuses the worker's client id).
+//! restarts a healthy appliance (save the one panic that loses only a
+//! client's connection, see `install_panic_policy`). rumqttd itself listens
+//! only on private loopback ports: outside clients reach it through the
+//! front door (`front`), which enforces the rules of `rules`, while the
+//! worker's own connection goes to the private MQTT 5 port directly, where
+//! no impostor can follow (the front door refuses the worker's client id),
+//! and its statuses take an in-process link (`local`).
 
 mod front;
 pub mod local;
