@@ -25,6 +25,7 @@ use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
 
 use crate::model::{StatusUpdate, TaskStatus};
 use crate::mqtt::publisher::expiry_left;
@@ -61,46 +62,38 @@ impl StatusLink {
     }
 }
 
+/// What a status sink delivers: the statuses held at start, then every
+/// change.
+type Streams = (Vec<TaskStatus>, UnboundedReceiver<StatusUpdate>);
+
 /// The status sink over the link: retained statuses (and replies on the
 /// request's route), as the MQTT publisher sends them, in order, from a
 /// thread of its own (a send may wait for room in the router's queue).
 pub struct LinkPublisher {
-    link: StatusLink,
-    topics: Topics,
-    status_expiry: Option<std::time::Duration>,
+    /// Hands the statuses thread what it delivers.
+    start: oneshot::Sender<Streams>,
+    /// Resolves when the thread delivered everything.
+    ended: oneshot::Receiver<()>,
 }
 
 impl LinkPublisher {
-    /// A publisher over `link` with the worker's `topics`.
-    pub fn new(
+    /// Starts the statuses thread for `link` with the worker's `topics`;
+    /// it publishes once [`StatusSink::deliver`] hands it its streams, and
+    /// ends without if the publisher is dropped first.
+    pub fn start(
         link: StatusLink,
         topics: Topics,
         status_expiry: Option<std::time::Duration>,
-    ) -> Self {
-        LinkPublisher {
-            link,
-            topics,
-            status_expiry,
-        }
-    }
-}
-
-impl StatusSink for LinkPublisher {
-    fn deliver(
-        self: Box<Self>,
-        restored: Vec<TaskStatus>,
-        changes: UnboundedReceiver<StatusUpdate>,
-    ) -> BoxFuture<'static, ()> {
-        let (done, ended) = tokio::sync::oneshot::channel();
-        let LinkPublisher {
-            link,
-            topics,
-            status_expiry,
-        } = *self;
+    ) -> std::io::Result<Self> {
+        let (start, started) = oneshot::channel::<Streams>();
+        let (done, ended) = oneshot::channel();
         let StatusLink { tx, rx } = link;
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("statuses".into())
             .spawn(move || {
+                let Ok((restored, mut changes)) = started.blocking_recv() else {
+                    return;
+                };
                 let mut sender = Sender {
                     tx,
                     _rx: rx,
@@ -111,15 +104,23 @@ impl StatusSink for LinkPublisher {
                 for status in restored {
                     sender.send(&status, &status.to_json());
                 }
-                let mut changes = changes;
                 while let Some(StatusUpdate { status, json }) = changes.blocking_recv() {
                     sender.send(&status, &json);
                 }
                 let _ = done.send(());
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the status thread: {e}");
-        }
+            })?;
+        Ok(LinkPublisher { start, ended })
+    }
+}
+
+impl StatusSink for LinkPublisher {
+    fn deliver(
+        self: Box<Self>,
+        restored: Vec<TaskStatus>,
+        changes: UnboundedReceiver<StatusUpdate>,
+    ) -> BoxFuture<'static, ()> {
+        let LinkPublisher { start, ended } = *self;
+        let _ = start.send((restored, changes));
         Box::pin(async move {
             let _ = ended.await;
         })

@@ -124,11 +124,10 @@ impl MqttSide {
         // Into the embedded broker in-process where there is a link to it;
         // over the connection otherwise.
         let sink: Box<dyn StatusSink> = match status_link {
-            Some(link) => Box::new(LinkPublisher::new(
-                link,
-                topics.clone(),
-                worker.status_expiry,
-            )),
+            Some(link) => Box::new(
+                LinkPublisher::start(link, topics.clone(), worker.status_expiry)
+                    .map_err(ClientError::Thread)?,
+            ),
             None => Box::new(OnLinkThread {
                 publisher: StatusPublisher::new(
                     client.clone(),
