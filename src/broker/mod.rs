@@ -287,18 +287,20 @@ fn rumqttd_config(
     // from a socket pins the whole read buffer it arrived in), and a
     // subscriber that falls behind the oldest segment silently loses what
     // fell off. A message larger than a segment gets a segment of its own,
-    // so any payload fits. Status filters and every other: 4 + 1 segments
-    // of 256 KiB, ~4,800 statuses of a stub run or ~2,000 of a real one,
-    // more than Mosquitto queues for a client by default (1,000 messages),
-    // and the broker stays small after a burst. Requests: 16 times the
-    // larger of 1 MiB and the payload limit, since a burst is published
-    // faster than the worker records it and a lost request is a lost task,
-    // in small segments, as a segment's vector of entries grows by doubling
-    // and an entry outweighs a small request.
+    // so any payload fits. rumqttd drops the oldest segment when a new one
+    // would make one too many, so a log of N segments always holds the
+    // last N - 1 full ones. Status filters and every other: 5 segments of
+    // 256 KiB, at least 1 MiB: ~4,000 statuses of a stub run or ~1,700 of
+    // a real one, more than Mosquitto queues for a client by default
+    // (1,000 messages), and the broker stays small after a burst.
+    // Requests: 16 times the larger of 1 MiB and the payload limit, since
+    // a burst is published faster than the worker records it and a lost
+    // request is a lost task, in small segments, as a segment's vector of
+    // entries grows by doubling and an entry outweighs a small request.
     let request_log = 16 * (1024 * 1024).max(config.max_payload_size);
     let requests = SegmentConfig {
         max_segment_size: request_log / 64,
-        max_segment_count: 64,
+        max_segment_count: 65,
     };
     rumqttd::Config {
         id: 0,
@@ -308,7 +310,7 @@ fn rumqttd_config(
             max_connections: 10_000,
             max_outgoing_packet_count: 200,
             max_segment_size: SEGMENT_SIZE,
-            max_segment_count: 4,
+            max_segment_count: 5,
             custom_segment: Some(HashMap::from([(requests_topic.to_owned(), requests)])),
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
@@ -358,16 +360,18 @@ mod tests {
         assert!(config.router.max_connections >= 1000);
         // A subscriber may fall behind by more than 1,000 statuses of 1 KiB.
         let segment = config.router.max_segment_size;
-        assert!(segment * (config.router.max_segment_count + 1) >= 1000 * 1024);
+        assert!(segment * (config.router.max_segment_count - 1) >= 1000 * 1024);
         // The request filter keeps a burst of 10,000 requests of 1 KiB, and
         // more with a larger payload limit.
         let requests = &config.router.custom_segment.as_ref().unwrap()["ansible/lab/tasks"];
-        assert!(requests.max_segment_size * requests.max_segment_count >= 10_000 * 1024);
+        let kept =
+            |segments: &SegmentConfig| segments.max_segment_size * (segments.max_segment_count - 1);
+        assert!(kept(requests) >= 10_000 * 1024);
         let mut larger = broker_config();
         larger.max_payload_size = 8 << 20;
         let config = rumqttd_config(&larger, private, None, "ansible/lab/tasks");
         let requests = &config.router.custom_segment.as_ref().unwrap()["ansible/lab/tasks"];
-        assert!(requests.max_segment_size * requests.max_segment_count >= 10 * (8 << 20));
+        assert!(kept(requests) >= 10 * (8 << 20));
     }
 
     #[test]
