@@ -10,6 +10,7 @@
 //! the run. When the last run ends with nothing queued, the heap the burst
 //! freed goes back to the system ([`IdleTrim`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -73,6 +74,8 @@ pub async fn dispatch(
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
     let idle_trim = Arc::new(IdleTrim::default());
+    // Runs spawned and not finished yet.
+    let active = Arc::new(AtomicUsize::new(0));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -90,6 +93,8 @@ pub async fn dispatch(
         let runner = runner.clone();
         let sink = sink.clone();
         let idle_trim = idle_trim.clone();
+        let active = active.clone();
+        active.fetch_add(1, Ordering::AcqRel);
         runs.spawn(async move {
             let id = spec.task_id.clone();
             tracing::info!(task_id = %id, playbook = %spec.playbook.display(), "run started");
@@ -104,7 +109,8 @@ pub async fn dispatch(
                 return_code = ?outcome.return_code, "run finished");
             table.finish(&id, outcome);
             drop(permit);
-            if table.load() == (0, 0) {
+            // The last run ended and nothing waits: the worker is idle.
+            if active.fetch_sub(1, Ordering::AcqRel) == 1 && table.queued() == 0 {
                 idle_trim.went_idle();
             }
         });

@@ -334,6 +334,12 @@ impl TaskTable {
         Some(entry.status.at(Utc::now()))
     }
 
+    /// Number of queued tasks; unlike [`TaskTable::load`], without looking
+    /// at every task held.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     /// Number of queued and running tasks.
     pub fn load(&self) -> (usize, usize) {
         let inner = self.lock();

@@ -63,7 +63,20 @@ async fn duplicate_id_is_not_queued_again_and_republishes() {
     assert_eq!(table.refuse("a", "bad", None), Admission::Duplicate);
     assert_eq!(drain(&mut rx).len(), 3);
     assert_eq!(table.load(), (1, 0));
+    assert_eq!(table.queued(), 1);
     assert_eq!(table.status("a").unwrap().state, TaskState::Queued);
+}
+
+#[tokio::test]
+async fn queued_counts_what_waits_as_load_does() {
+    let table = table(10, 10);
+    for id in ["a", "b", "c"] {
+        table.submit(spec(id), None);
+    }
+    table.start_next().await;
+    table.cancel("c", "no longer needed");
+    assert_eq!(table.load(), (1, 1));
+    assert_eq!(table.queued(), 1);
 }
 
 #[test]
