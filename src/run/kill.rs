@@ -11,10 +11,15 @@
 //! Reading a process's environment is the costly part of a scan, so a scan
 //! soon after the run started reads only the processes whose pids were
 //! allocated since its leader's (`PidWindow`); the rest cannot belong to
-//! the run. Scans run on the blocking pool, so a busy machine's scans never
+//! the run. Nor can the main processes of the other runs under way
+//! ([`Leaders`]), which such a window holds whenever runs overlap: they are
+//! skipped. Scans run on the blocking pool, so a busy machine's scans never
 //! stall the runtime's workers (which also carry the MQTT intake).
 
-use std::fs;
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -53,13 +58,51 @@ impl PidWindow {
     }
 }
 
-/// The newest pid allocated in this pid namespace.
+/// The newest pid allocated in this pid namespace. The file stays open:
+/// each read at its start is one system call.
 fn last_pid() -> Option<i32> {
-    fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    static NS_LAST_PID: OnceLock<Option<File>> = OnceLock::new();
+    let file = NS_LAST_PID
+        .get_or_init(|| File::open("/proc/sys/kernel/ns_last_pid").ok())
+        .as_ref()?;
+    let mut text = [0u8; 16];
+    let read = file.read_at(&mut text, 0).ok()?;
+    std::str::from_utf8(&text[..read]).ok()?.trim().parse().ok()
+}
+
+/// The main processes of the runs under way, each its own run's process
+/// group leader and marked with its own run's marker.
+#[derive(Debug, Default)]
+pub struct Leaders(Mutex<HashSet<i32>>);
+
+impl Leaders {
+    /// Counts `leader` as under way until the returned guard is dropped, at
+    /// the latest when the process is reaped: its pid is free then, for
+    /// any process to take.
+    pub fn enter(self: &Arc<Self>, leader: Pid) -> LeaderGuard {
+        self.lock().insert(leader.as_raw());
+        LeaderGuard {
+            leaders: self.clone(),
+            leader,
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A run's main process counted in [`Leaders`]; dropping it stops that.
+#[derive(Debug)]
+pub struct LeaderGuard {
+    leaders: Arc<Leaders>,
+    leader: Pid,
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        self.leaders.lock().remove(&self.leader.as_raw());
+    }
 }
 
 /// Processes (other than zombies) whose environment carries `marker`.
@@ -140,6 +183,8 @@ pub struct RunProcesses {
     leader: Option<Pid>,
     marker: String,
     started: Instant,
+    /// The main processes of all runs under way, this one's included.
+    others: Option<Arc<Leaders>>,
 }
 
 impl RunProcesses {
@@ -150,6 +195,16 @@ impl RunProcesses {
             leader,
             marker: marker.to_owned(),
             started: Instant::now(),
+            others: None,
+        }
+    }
+
+    /// The same processes, whose scans skip the other runs' main processes
+    /// counted in `leaders`.
+    pub fn besides(self, leaders: Arc<Leaders>) -> Self {
+        RunProcesses {
+            others: Some(leaders),
+            ..self
         }
     }
 
@@ -164,14 +219,28 @@ impl RunProcesses {
             .map(|leader| PidWindow {
                 first: leader.as_raw(),
             });
-        if let Some(pids) = window.and_then(short_window) {
+        if let Some(mut pids) = window.and_then(short_window) {
+            pids.retain(|pid| !self.is_another_leader(*pid));
             let needle = format!("{RUN_MARKER_ENV}={}", self.marker);
             return matching(pids, |var| var == needle.as_bytes());
         }
         let marker = self.marker.clone();
-        tokio::task::spawn_blocking(move || marked_in(&marker, window))
+        let found = tokio::task::spawn_blocking(move || marked_in(&marker, window))
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        found
+            .into_iter()
+            .filter(|pid| !self.is_another_leader(pid.as_raw()))
+            .collect()
+    }
+
+    /// Whether `pid` is the main process of another run under way.
+    fn is_another_leader(&self, pid: i32) -> bool {
+        self.leader.map(Pid::as_raw) != Some(pid)
+            && self
+                .others
+                .as_ref()
+                .is_some_and(|others| others.lock().contains(&pid))
     }
 
     /// Sends `signal` to the group and to every marked process. Processes
@@ -307,6 +376,42 @@ mod tests {
             .await;
         let _ = child.wait();
         assert!(marked_processes(&marker).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_scan_skips_the_main_processes_of_other_runs() {
+        let marker = format!("unit-{}-others", std::process::id());
+        let mut own = Command::new("true").spawn().unwrap();
+        let own_leader = Pid::from_raw(own.id() as i32);
+        let _ = own.wait();
+        // Started after this run's leader, in its window, and carrying its
+        // marker, so that only being counted as another run's leader hides it.
+        let mut other = Command::new("sleep")
+            .arg("60")
+            .env(RUN_MARKER_ENV, &marker)
+            .spawn()
+            .unwrap();
+        let other_pid = Pid::from_raw(other.id() as i32);
+        let run = RunProcesses::new(Some(own_leader), &marker);
+        // Its environment can be read once its exec is through.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while run.marked().await.is_empty() && Instant::now() < deadline {
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(run.marked().await, vec![other_pid]);
+        let leaders = Arc::new(Leaders::default());
+        let counted = leaders.enter(other_pid);
+        assert!(
+            run.clone()
+                .besides(leaders.clone())
+                .marked()
+                .await
+                .is_empty()
+        );
+        drop(counted);
+        assert_eq!(run.besides(leaders).marked().await, vec![other_pid]);
+        let _ = other.kill();
+        let _ = other.wait();
     }
 
     #[test]

@@ -194,7 +194,8 @@ impl PlaybookRunner {
                 );
             }
         };
-        let processes = RunProcesses::new(Some(child.pid()), run_id);
+        let processes =
+            RunProcesses::new(Some(child.pid()), run_id).besides(self.launcher.leaders());
         // Ansible's output is read in this task, beside the process: a task
         // of their own each would cost two spawns, and thread wake-ups, per
         // run.

@@ -10,7 +10,12 @@
 //! The child starts as std would start it for [`super::PlaybookRunner`]:
 //! a process-group leader, in the playbook directory, stdin from
 //! `/dev/null`, stdout and stderr piped, no signal blocked and SIGPIPE back
-//! to its default action. Its exit is watched through a pidfd (Linux 5.3+),
+//! to its default action. The signals the worker did not ignore when the
+//! launcher was made are named to `posix_spawn` as the ones to reset: glibc
+//! then sets each once, where it would otherwise ask for the disposition of
+//! every signal and set most of them anyway, two system calls each (half of
+//! the system calls a task cost the worker and its children before exec,
+//! docs/BENCHMARKS.md). Its exit is watched through a pidfd (Linux 5.3+),
 //! which wakes the runtime once, with no signal handler involved; where
 //! there are no pidfds, every SIGCHLD wakes it to look. Dropped before its
 //! exit was seen, the child is killed and reaped in the background, like
@@ -26,8 +31,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
+use std::sync::Arc;
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -35,6 +41,8 @@ use nix::unistd::{Pid, pipe2};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
+
+use super::kill::{LeaderGuard, Leaders};
 
 /// What every run of one runner starts with: the program, its working
 /// directory and the environment it inherits, as C strings.
@@ -50,6 +58,12 @@ pub(super) struct Launcher {
     /// Whether exits are watched through pidfds where the system has them
     /// (always, but in the tests of the fallback).
     pidfds: bool,
+    /// The signals the child sets back to their default action before it
+    /// execs: SIGPIPE, and every one the worker did not ignore when the
+    /// launcher was made. One ignored then stays ignored in the child.
+    signal_defaults: Vec<libc::c_int>,
+    /// The main processes started and not reaped yet.
+    leaders: Arc<Leaders>,
 }
 
 impl Launcher {
@@ -87,7 +101,14 @@ impl Launcher {
             working_dir: c_string(working_dir.as_os_str().to_owned())?,
             environment,
             pidfds: true,
+            signal_defaults: signals_to_default(),
+            leaders: Arc::default(),
         })
+    }
+
+    /// The main processes this launcher started that are not reaped yet.
+    pub(super) fn leaders(&self) -> Arc<Leaders> {
+        self.leaders.clone()
     }
 
     /// Starts the program with `args` (after the program name) and the
@@ -135,9 +156,10 @@ impl Launcher {
             status: None,
             stdout: None,
             stderr: None,
+            counted: Some(self.leaders.enter(pid)),
         };
-        child.stdout = Some(pipe::Receiver::from_owned_fd(stdout_read)?);
-        child.stderr = Some(pipe::Receiver::from_owned_fd(stderr_read)?);
+        child.stdout = Some(receiver(stdout_read)?);
+        child.stderr = Some(receiver(stderr_read)?);
         Ok(child)
     }
 
@@ -183,12 +205,14 @@ impl Launcher {
                 &mut setup.attributes,
                 &no_signals,
             ))?;
-            let mut pipe_default: libc::sigset_t = std::mem::zeroed();
-            check(libc::sigemptyset(&mut pipe_default))?;
-            check(libc::sigaddset(&mut pipe_default, libc::SIGPIPE))?;
+            let mut defaults: libc::sigset_t = std::mem::zeroed();
+            check(libc::sigemptyset(&mut defaults))?;
+            for signal in &self.signal_defaults {
+                check(libc::sigaddset(&mut defaults, *signal))?;
+            }
             check(libc::posix_spawnattr_setsigdefault(
                 &mut setup.attributes,
-                &pipe_default,
+                &defaults,
             ))?;
             check(libc::posix_spawnattr_setpgroup(&mut setup.attributes, 0))?;
             let flags = libc::POSIX_SPAWN_SETPGROUP
@@ -229,6 +253,8 @@ pub(super) struct RunChild {
     pub(super) stdout: Option<pipe::Receiver>,
     /// Its standard error, until taken.
     pub(super) stderr: Option<pipe::Receiver>,
+    /// Its place in the launcher's [`Leaders`], given up as it is reaped.
+    counted: Option<LeaderGuard>,
 }
 
 impl RunChild {
@@ -246,6 +272,7 @@ impl RunChild {
             }
             if let Some(status) = reap(self.pid)? {
                 self.status = Some(status);
+                self.counted = None;
                 continue;
             }
             let exit = self.exit.as_mut().expect("watched until reaped");
@@ -263,11 +290,12 @@ impl Drop for RunChild {
         if matches!(reap(self.pid), Ok(Some(_)) | Err(_)) {
             return;
         }
-        let (pid, exit) = (self.pid, self.exit.take());
+        let (pid, exit, counted) = (self.pid, self.exit.take(), self.counted.take());
         match (tokio::runtime::Handle::try_current(), exit) {
             (Ok(runtime), Some(mut exit)) => {
                 runtime.spawn(async move {
                     while matches!(reap(pid), Ok(None)) && exit.changed().await.is_ok() {}
+                    drop(counted);
                 });
             }
             // Killed: it is gone in a moment.
@@ -394,6 +422,43 @@ fn watch_exit(pidfd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `OwnedFd` stays open, with the same descriptor, for as
     // long as the `AsyncFd` owns it.
     unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(Into::into)
+}
+
+/// The read end `fd` of one of a child's output pipes, registered with the
+/// runtime. Made non-blocking here, with the one flag it needs: tokio's
+/// checked constructor would first ask what the descriptor is and which
+/// flags it has (two system calls a pipe).
+fn receiver(fd: OwnedFd) -> io::Result<pipe::Receiver> {
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    pipe::Receiver::from_owned_fd_unchecked(fd)
+}
+
+/// SIGPIPE, which the Rust runtime ignores, and every signal this process
+/// does not ignore now and that a signal set can hold (not SIGKILL and
+/// SIGSTOP, which cannot be changed, nor the C library's own).
+fn signals_to_default() -> Vec<libc::c_int> {
+    (1..=libc::SIGRTMAX())
+        .filter(|&signal| signal != libc::SIGKILL && signal != libc::SIGSTOP)
+        .filter(|&signal| signal == libc::SIGPIPE || !ignored(signal))
+        .filter(|&signal| {
+            // SAFETY: `set` is a plain C struct that sigemptyset fills in.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set) == 0 && libc::sigaddset(&mut set, signal) == 0
+            }
+        })
+        .collect()
+}
+
+/// Whether this process ignores `signal` (false if it cannot be asked).
+fn ignored(signal: libc::c_int) -> bool {
+    // SAFETY: with a null new action, sigaction only writes the current
+    // one into `current`, a plain C struct.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// A libc return code (0 or an error number) as a result.

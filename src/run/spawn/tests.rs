@@ -92,8 +92,14 @@ async fn a_run_starts_in_its_directory_as_a_group_leader_with_no_input() {
 async fn signals_are_unblocked_and_sigpipe_is_back_to_its_default() {
     // The test harness, like the worker, ignores SIGPIPE itself. `grep`
     // reads its own masks (a shell's change while it waits for a child).
+    // SIGUSR2, ignored here as `nohup` ignores SIGHUP, stays ignored.
+    // SAFETY: nothing in this test binary sends or handles SIGUSR2.
+    unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
     let dir = tempfile::TempDir::new().unwrap();
     let grep = Launcher::new(Path::new("grep"), dir.path(), &[], &[]).unwrap();
+    assert!(grep.signal_defaults.contains(&libc::SIGPIPE));
+    assert!(grep.signal_defaults.contains(&libc::SIGTERM));
+    assert!(!grep.signal_defaults.contains(&libc::SIGUSR2));
     let args = ["-E", "^Sig(Blk|Ign)", "/proc/self/status"];
     let (status, out) = output_of(&grep, &args, &[]).await;
     assert!(status.success());
@@ -104,6 +110,47 @@ async fn signals_are_unblocked_and_sigpipe_is_back_to_its_default() {
     assert_eq!(mask("SigBlk:"), 0);
     let sigpipe = 1 << (libc::SIGPIPE - 1);
     assert_eq!(mask("SigIgn:") & sigpipe, 0, "{out}");
+    let sigusr2 = 1 << (libc::SIGUSR2 - 1);
+    assert_eq!(mask("SigIgn:") & sigusr2, sigusr2, "{out}");
+}
+
+#[tokio::test]
+async fn the_output_pipes_are_read_without_blocking() {
+    // tokio reads a pipe until it would block: a blocking descriptor would
+    // hold a runtime thread whenever a read happens to fill its buffer.
+    let dir = tempfile::TempDir::new().unwrap();
+    let child = shell(dir.path(), &[])
+        .spawn(vec!["-c".into(), "exit 0".into()], &[])
+        .unwrap();
+    for pipe in [child.stdout.as_ref(), child.stderr.as_ref()] {
+        let fd = pipe.unwrap().as_raw_fd();
+        let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+        assert!(flags.contains(OFlag::O_NONBLOCK), "{flags:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_started_process_counts_as_a_leader_until_it_is_reaped() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let launcher = shell(dir.path(), &[]);
+    let counted = |pid: Pid| launcher.leaders().lock().contains(&pid.as_raw());
+    let mut child = launcher
+        .spawn(vec!["-c".into(), "exit 0".into()], &[])
+        .unwrap();
+    assert!(counted(child.pid()));
+    child.wait().await.unwrap();
+    assert!(!counted(child.pid()));
+    // Dropped while it runs: counted until the background reaper is done.
+    let running = launcher
+        .spawn(vec!["-c".into(), "sleep 60".into()], &[])
+        .unwrap();
+    let pid = running.pid();
+    drop(running);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counted(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!counted(pid));
 }
 
 #[tokio::test]
