@@ -173,6 +173,9 @@ fn main() -> Result<()> {
         }
     }
     println!("{}", scenario::table(&results));
+    if let Some(ratios) = scenario::beside_original(&results) {
+        println!("{ratios}");
+    }
 
     if compare_ansible {
         if ansible_playbook.exists() {

@@ -300,3 +300,64 @@ pub fn table(results: &[(Scenario, Vec<RoundFigures>)]) -> String {
     }
     table.render().to_owned()
 }
+
+/// With the original worker measured: each of our scenarios against it,
+/// round by round (tasks/s and worker CPU per task of the same round
+/// divided by the original's), as a Markdown table. Ratios inside a round
+/// hold up on a machine whose speed drifts between rounds, where the
+/// medians of the rows above may come from different minutes.
+pub fn beside_original(results: &[(Scenario, Vec<RoundFigures>)]) -> Option<String> {
+    let (_, original) = results
+        .iter()
+        .find(|(scenario, _)| scenario.worker == WorkerKind::Seed)?;
+    let mut table = Table::new(&[
+        "worker",
+        "broker",
+        "concurrency",
+        "tasks/s ÷ original's, per round",
+        "worker CPU per task ÷ original's, per round",
+    ]);
+    for (scenario, rounds) in results {
+        if scenario.worker == WorkerKind::Seed {
+            continue;
+        }
+        let ratio = |figure: fn(&RoundFigures) -> f64| {
+            round_ratios(
+                &rounds.iter().map(figure).collect::<Vec<_>>(),
+                &original.iter().map(figure).collect::<Vec<_>>(),
+            )
+        };
+        table.row([
+            scenario.worker.to_string(),
+            scenario.broker.to_string(),
+            scenario.concurrency.to_string(),
+            cell(ratio(|r| r.burst.tasks_per_sec), 2),
+            cell(ratio(|r| r.burst_cpu_ms_per_task), 2),
+        ]);
+    }
+    Some(table.render().to_owned())
+}
+
+/// The spread of `ours[i] / original[i]` over the rounds both have, leaving
+/// out rounds where the original's figure is 0.
+fn round_ratios(ours: &[f64], original: &[f64]) -> Option<Spread> {
+    Spread::of(
+        ours.iter()
+            .zip(original)
+            .filter(|(_, original)| **original > 0.0)
+            .map(|(ours, original)| ours / original),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_pair_the_rounds_and_skip_an_original_zero() {
+        let spread = round_ratios(&[4.0, 3.0, 9.0, 5.0], &[2.0, 1.0, 0.0, 5.0]).unwrap();
+        // 2, 3 and 1: the third round has no original figure.
+        assert_eq!((spread.median, spread.min, spread.max), (2.0, 1.0, 3.0));
+        assert!(round_ratios(&[1.0], &[0.0]).is_none());
+    }
+}
