@@ -21,14 +21,13 @@
 //! exit was seen, the child is killed and reaped in the background, like
 //! tokio's `kill_on_drop`.
 
-// posix_spawn and pidfd_open have no safe wrapper in the crates we use.
+// posix_spawn has no safe wrapper in the crates we use.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -36,13 +35,12 @@ use std::sync::Arc;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::libc;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::{Pid, pipe2};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use super::kill::{LeaderGuard, Leaders};
+use exit::{ExitWatch, reap};
 
 /// What every run of one runner starts with: the program, its working
 /// directory and the environment it inherits, as C strings.
@@ -306,67 +304,6 @@ impl Drop for RunChild {
     }
 }
 
-/// How a child's exit is noticed: its pidfd turning readable, or, where
-/// there are no pidfds (kernels before 5.3, some sandboxes, valgrind), any
-/// SIGCHLD.
-#[derive(Debug)]
-enum ExitWatch {
-    Pidfd(AsyncFd<OwnedFd>),
-    Signals(tokio::signal::unix::Signal),
-}
-
-impl ExitWatch {
-    /// A watch on the child `pid` (by pidfd if `pidfd`), made before its
-    /// exit status is first asked for (so a SIGCHLD that comes later is not
-    /// missed).
-    fn new(pid: Pid, pidfd: bool) -> io::Result<Self> {
-        if !pidfd {
-            return Self::signals();
-        }
-        match pidfd_open(pid) {
-            Ok(pidfd) => watch_exit(pidfd).map(ExitWatch::Pidfd),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOSYS | libc::EPERM | libc::EACCES)
-                ) =>
-            {
-                Self::signals()
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// A watch on every SIGCHLD from now on.
-    fn signals() -> io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        signal(SignalKind::child()).map(ExitWatch::Signals)
-    }
-
-    /// Waits until the process may have exited since the last call.
-    async fn changed(&mut self) -> io::Result<()> {
-        match self {
-            ExitWatch::Pidfd(pidfd) => pidfd.readable().await?.clear_ready(),
-            ExitWatch::Signals(signals) => {
-                signals.recv().await;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The status of `pid` if it exited (and is reaped now), `None` while it
-/// runs.
-fn reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
-    Ok(match waitpid(pid, Some(WaitPidFlag::WNOHANG))? {
-        WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
-        WaitStatus::Signaled(_, signal, core) => Some(ExitStatus::from_raw(
-            signal as i32 | if core { 0x80 } else { 0 },
-        )),
-        _ => None,
-    })
-}
-
 /// The `posix_spawn` attribute and file-action objects, destroyed on drop
 /// (neither points into itself: glibc and musl keep their parts on the heap).
 struct SpawnSetup {
@@ -402,26 +339,6 @@ impl Drop for SpawnSetup {
             libc::posix_spawnattr_destroy(&mut self.attributes);
         }
     }
-}
-
-/// A pidfd of the child `pid`, non-blocking and closed on exec.
-fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: a plain system call with integer arguments; a non-negative
-    // result is a new file descriptor nothing else owns.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), libc::PIDFD_NONBLOCK);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd as libc::c_int))
-    }
-}
-
-/// Registers `pidfd` with the runtime, to learn when its process exits.
-fn watch_exit(pidfd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: the `OwnedFd` stays open, with the same descriptor, for as
-    // long as the `AsyncFd` owns it.
-    unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(Into::into)
 }
 
 /// The read end `fd` of one of a child's output pipes, registered with the
@@ -498,5 +415,6 @@ fn c_string(string: OsString) -> io::Result<CString> {
     })
 }
 
+mod exit;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! The launcher against real processes: `sh`, `env` and `grep`.
 
 use super::*;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
