@@ -12,6 +12,7 @@
 //! can quote a file's content.
 
 use std::collections::HashSet;
+use std::fs::Metadata;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -50,8 +51,8 @@ pub fn playbook_path(requested: &str, policy: &IntakePolicy) -> Result<PathBuf, 
             "Playbook is a hidden file (a path component starts with '.'): {shown_path}"
         ));
     }
-    let resolved = match dir.join(path).canonicalize() {
-        Ok(resolved) => resolved,
+    let (resolved, meta) = match resolve_in(dir, requested) {
+        Ok(found) => found,
         Err(e) if is_missing(&e) => return Err(format!("Playbook not found: {shown_path}")),
         Err(e) => return Err(format!("Playbook cannot be resolved: {shown_path}: {e}")),
     };
@@ -64,7 +65,7 @@ pub fn playbook_path(requested: &str, policy: &IntakePolicy) -> Result<PathBuf, 
              {shown_path}"
         ));
     }
-    if !resolved.is_file() {
+    if !meta.is_file() {
         return Err(format!("Playbook is not a file: {shown_path}"));
     }
     Ok(resolved)
@@ -137,8 +138,8 @@ fn existing_inventory(
             "Inventory is a hidden file (a path component starts with '.'): {shown_value}"
         ));
     }
-    let resolved = match dir.join(requested).canonicalize() {
-        Ok(resolved) => resolved,
+    let (resolved, meta) = match resolve_in(dir, requested) {
+        Ok(found) => found,
         Err(e) if is_missing(&e) => return Ok(None),
         Err(e) => return Err(format!("Inventory cannot be resolved: {shown_value}: {e}")),
     };
@@ -153,13 +154,13 @@ fn existing_inventory(
     }
     let script_rule = "Ansible would run it as an inventory script; add \"script\" to \
                        worker.inventory_plugins to allow inventory scripts";
-    if resolved.is_file() {
-        if !policy.inventory_scripts && is_executable(&resolved) {
+    if meta.is_file() {
+        if !policy.inventory_scripts && is_executable_file(&meta) {
             return Err(format!(
                 "Inventory is an executable file: {shown_value}; {script_rule}"
             ));
         }
-    } else if resolved.is_dir() {
+    } else if meta.is_dir() {
         if !policy.inventory_scripts {
             match first_executable(&resolved) {
                 Ok(None) => {}
@@ -189,10 +190,50 @@ fn has_hidden_component(path: &Path) -> bool {
     })
 }
 
+/// The canonical path `requested` (relative) names inside the canonical
+/// directory `dir`, with its metadata (symlinks followed): what
+/// `dir.join(requested).canonicalize()` and a `stat` of the result give.
+///
+/// A plain path (named components only, none of them a symlink) is checked
+/// with one `lstat` per component of `requested`: `canonicalize` reads every
+/// component of the whole path, `dir`'s too, on every request. Anything
+/// else (`.`, `..`, a trailing `/`, a symlink on the way) is left to
+/// `canonicalize`.
+pub(super) fn resolve_in(dir: &Path, requested: &str) -> io::Result<(PathBuf, Metadata)> {
+    let relative = Path::new(requested);
+    let plain = !requested.ends_with('/')
+        && relative
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+    if plain {
+        let mut path = dir.to_path_buf();
+        let mut meta = None;
+        for component in relative.components() {
+            path.push(component);
+            let found = std::fs::symlink_metadata(&path)?;
+            if found.file_type().is_symlink() {
+                meta = None;
+                break;
+            }
+            meta = Some(found);
+        }
+        if let Some(meta) = meta {
+            return Ok((path, meta));
+        }
+    }
+    let resolved = dir.join(relative).canonicalize()?;
+    let meta = resolved.metadata()?;
+    Ok((resolved, meta))
+}
+
 /// True for a file (symlinks followed) that anyone may execute.
 fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|meta| is_executable_file(&meta))
+}
+
+/// True if `meta` is of a file that anyone may execute.
+fn is_executable_file(meta: &Metadata) -> bool {
+    meta.is_file() && meta.permissions().mode() & 0o111 != 0
 }
 
 /// The first executable file (relative to `root`) among the entries Ansible

@@ -1,6 +1,7 @@
 //! Tests of `playbook` and `inventory` resolution and containment.
 
 use super::*;
+use std::os::unix::fs::MetadataExt;
 
 #[test]
 fn playbook_is_resolved_inside_the_directory() {
@@ -185,4 +186,48 @@ fn inventory_outside_or_missing_is_refused() {
         refuse(&f, json!({"inventory": ["a"]})),
         "Invalid field 'inventory': must be a string"
     );
+}
+
+#[test]
+fn resolution_agrees_with_canonicalize_on_every_kind_of_path() {
+    let f = fixture();
+    let dir = f.dir();
+    // A directory symlink inside the directory, on the way to a file.
+    std::os::unix::fs::symlink(dir.join("sub"), dir.join("sublink")).unwrap();
+    let requested = [
+        "site.yml",
+        "sub/deploy.yml",
+        "sub",
+        "inventories/prod/hosts",
+        "alias.yml",
+        "escape.yml",
+        "linkdir/evil.yml",
+        "sublink/deploy.yml",
+        "sub//deploy.yml",
+        "./site.yml",
+        "sub/../site.yml",
+        "site.yml/",
+        "sub/",
+        "site.yml/x",
+        "nope.yml",
+        "sub/nope.yml",
+        "odd,",
+        "",
+    ];
+    for requested in requested {
+        let expected = dir
+            .join(requested)
+            .canonicalize()
+            .and_then(|path| path.metadata().map(|meta| (path, meta)));
+        let got = super::super::paths::resolve_in(dir, requested);
+        match (got, expected) {
+            (Ok((path, meta)), Ok((want, want_meta))) => {
+                assert_eq!(path, want, "{requested}");
+                assert_eq!(meta.ino(), want_meta.ino(), "{requested}");
+                assert_eq!(meta.file_type(), want_meta.file_type(), "{requested}");
+            }
+            (Err(e), Err(want)) => assert_eq!(e.kind(), want.kind(), "{requested}"),
+            (got, expected) => panic!("{requested}: {got:?} against {expected:?}"),
+        }
+    }
 }
