@@ -40,7 +40,6 @@ const UPSERT: &str = "
 INSERT INTO tasks (task_id, seq, state, status, spec, request, delivered)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)
 ON CONFLICT (task_id) DO UPDATE SET
-    seq = excluded.seq,
     state = excluded.state,
     status = excluded.status,
     spec = CASE WHEN ?7 THEN NULL ELSE coalesce(excluded.spec, tasks.spec) END,
@@ -50,6 +49,12 @@ ON CONFLICT (task_id) DO UPDATE SET
 
 /// A receipt marks the row only while it holds the status received: an old
 /// receipt never marks a newer status.
+/// A task that re-entered the table under its id takes its new place. Kept
+/// out of [`UPSERT`], where assigning `seq` would rewrite its index page on
+/// every status change (one more page written to the WAL per commit) even
+/// though the number almost never changes.
+const RENUMBER: &str = "UPDATE tasks SET seq = ?2 WHERE task_id = ?1 AND seq <> ?2";
+
 const MARK_DELIVERED: &str = "
 UPDATE tasks SET delivered = 1
 WHERE task_id = ?1 AND state = ?2 AND json_extract(status, '$.completed_at') = ?3
@@ -221,6 +226,7 @@ pub(super) fn apply<'a>(
     let tx = conn.transaction()?;
     {
         let mut upsert = tx.prepare_cached(UPSERT)?;
+        let mut renumber = tx.prepare_cached(RENUMBER)?;
         let mut forget = tx.prepare_cached("DELETE FROM tasks WHERE task_id = ?1")?;
         let mut delivered = tx.prepare_cached(MARK_DELIVERED)?;
         for write in writes {
@@ -240,15 +246,17 @@ pub(super) fn apply<'a>(
                         .request
                         .as_ref()
                         .map(|r| serde_json::to_string(r).expect("a summary always serializes"));
+                    let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
                     upsert.execute(params![
                         record.status.task_id,
-                        i64::try_from(record.seq).unwrap_or(i64::MAX),
+                        seq,
                         record.status.state.as_str(),
                         status,
                         spec,
                         request,
                         record.status.state.is_final(),
                     ])?;
+                    renumber.execute(params![record.status.task_id, seq])?;
                 }
                 Write::Forget(task_id) => {
                     forget.execute(params![task_id])?;

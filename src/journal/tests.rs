@@ -81,6 +81,58 @@ async fn changes_survive_a_reopen_and_finals_drop_their_request() {
 }
 
 #[tokio::test]
+async fn a_task_that_re_entered_under_its_id_keeps_its_new_place_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(JOURNAL_FILE);
+    let (journal, _) = Journal::open(&path).unwrap();
+    journal.record(record(1, "a", TaskState::Failed));
+    journal.record(record(2, "b", TaskState::Queued));
+    journal.record(record(3, "a", TaskState::Queued));
+    journal.record(record(3, "a", TaskState::Running));
+    journal.close().await;
+    let (_, stored) = Journal::open(&path).unwrap();
+    let order: Vec<_> = stored
+        .iter()
+        .map(|t| (t.seq, t.status.task_id.as_str()))
+        .collect();
+    assert_eq!(order, [(2, "b"), (3, "a")]);
+}
+
+#[test]
+fn a_status_change_writes_one_page_of_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(JOURNAL_FILE);
+    let mut conn = store::open(&path).unwrap();
+    let wal = dir.path().join(format!("{JOURNAL_FILE}-wal"));
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .unwrap();
+    let status = "{}".repeat(100);
+    let queued: Vec<_> = (0..50)
+        .map(|i| record(i, &format!("task-{i}"), TaskState::Queued))
+        .collect();
+    store::apply(
+        &mut conn,
+        queued.iter().map(|r| store::Write::Upsert(r, &status)),
+    )
+    .unwrap();
+    let before = std::fs::metadata(&wal).unwrap().len();
+    let running = record(20, "task-20", TaskState::Running);
+    store::apply(
+        &mut conn,
+        std::iter::once(store::Write::Upsert(&running, &status)),
+    )
+    .unwrap();
+    let written = std::fs::metadata(&wal).unwrap().len() - before;
+    // A WAL frame is a 24-byte header and one page: the task's row alone.
+    assert_eq!(written, page.unsigned_abs() + 24);
+    assert_eq!(
+        store::state_of(&conn, "task-20"),
+        Some(("running".into(), true))
+    );
+}
+
+#[tokio::test]
 async fn forgotten_tasks_are_gone_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(JOURNAL_FILE);
