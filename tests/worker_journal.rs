@@ -267,3 +267,45 @@ async fn a_finished_tasks_secret_leaves_the_journal_files_of_an_idle_worker() {
     });
     assert!(gone, "the secret is still in {holding:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_the_same_state_dir_refuses_to_start_and_the_first_keeps_working() {
+    let broker = Mosquitto::start();
+    let group = unique("shared-state");
+    let first = WorkerSetup::new(&group, broker.port).start();
+    let state_dir = first.dir.path().join("state");
+    let http_port = free_port();
+    // Two workers on one journal would each recover the other's tasks at
+    // their next start, and run them twice.
+    let mut second = Worker::with_config(|_| {
+        config(&group, broker.port, &state_dir, http_port).replace(
+            &format!("worker_id = \"{group}-a\""),
+            &format!("worker_id = \"{group}-b\""),
+        )
+    });
+    assert_eq!(
+        second.wait_exit(DEADLINE),
+        Some(2),
+        "the second worker kept running:\n{}",
+        second.log()
+    );
+    assert!(
+        second
+            .log()
+            .contains("in use by another process (is another worker running with this state_dir?)"),
+        "{}",
+        second.log()
+    );
+
+    let observer = Observer::start(broker.port, &group).await;
+    let ledger = Ledger::new();
+    let id = unique("after");
+    let gate = ledger.path.with_file_name(format!("{id}.gate"));
+    std::fs::write(&gate, "").unwrap();
+    observer
+        .submit(gated_request(&id, &ledger, &gate, 0, json!({})))
+        .await;
+    let done = observer.wait_final(&id, DEADLINE).await;
+    assert_eq!(done["state"], "success", "{done}");
+    assert_eq!(done["worker_id"], format!("{group}-w1"), "{done}");
+}

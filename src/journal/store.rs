@@ -13,7 +13,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 use super::{JournalError, Receipt, Record, StoredTask};
 use crate::model::TaskSpec;
@@ -66,7 +66,7 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         path: path.to_path_buf(),
         reason,
     };
-    // Created here so that it (and SQLite's -wal/-shm files, which copy its
+    // Created here so that it (and SQLite's -wal file, which copies its
     // mode) is private: queued requests may carry secrets.
     std::fs::OpenOptions::new()
         .create(true)
@@ -74,7 +74,7 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| fail(e.to_string()))?;
-    let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+    let conn = connect(path).map_err(|e| fail(e.to_string()))?;
     let setup = |conn: &Connection| -> rusqlite::Result<i64> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -106,9 +106,23 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
                 "written by a newer version (schema {other}, this one reads {SCHEMA_VERSION})"
             )));
         }
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            return Err(fail(
+                "in use by another process (is another worker running with this state_dir?)".into(),
+            ));
+        }
         Err(e) => return Err(fail(e.to_string())),
     }
     Ok(conn)
+}
+
+/// A connection to the journal through SQLite's `unix-excl` VFS: the first
+/// connection takes a lock on the file that only this process's connections
+/// share, and the WAL index lives in this process's memory instead of a
+/// `-shm` file. So a commit takes no file locks (`fcntl`) of its own, and
+/// another process cannot open the journal while this one holds it.
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags_and_vfs(path, OpenFlags::default(), c"unix-excl")
 }
 
 /// Brings the file to [`SCHEMA_VERSION`] in one transaction. Schema 1 had
@@ -134,7 +148,7 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
 /// the writer's next commit (and the acknowledgements waiting on it) behind
 /// a queue of busy-handler sleeps.
 pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, JournalError> {
-    let conn = Connection::open(path).and_then(|conn| {
+    let conn = connect(path).and_then(|conn| {
         conn.busy_timeout(std::time::Duration::ZERO)?;
         Ok(conn)
     });
