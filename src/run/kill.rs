@@ -219,8 +219,8 @@ impl RunProcesses {
             .map(|leader| PidWindow {
                 first: leader.as_raw(),
             });
-        if let Some(mut pids) = window.and_then(short_window) {
-            pids.retain(|pid| !self.is_another_leader(*pid));
+        if let Some(pids) = window.and_then(short_window) {
+            let pids = self.worth_probing(pids);
             let needle = format!("{RUN_MARKER_ENV}={}", self.marker);
             return matching(pids, |var| var == needle.as_bytes());
         }
@@ -232,6 +232,21 @@ impl RunProcesses {
             .into_iter()
             .filter(|pid| !self.is_another_leader(pid.as_raw()))
             .collect()
+    }
+
+    /// Those of the short window's `pids` whose environment may tell: not
+    /// another run's main process, nor this run's once it was reaped. Its
+    /// pid is free then, and within the short window's lifetime only a
+    /// wrap of the whole pid space could hand it out again; after a normal
+    /// exit that leaves nothing to read (the rule: one run, no descendants).
+    fn worth_probing(&self, mut pids: Vec<i32>) -> Vec<i32> {
+        let Some(others) = &self.others else {
+            return pids;
+        };
+        let own = self.leader.map(Pid::as_raw);
+        let counted = others.lock();
+        pids.retain(|pid| (Some(*pid) == own) == counted.contains(pid));
+        pids
     }
 
     /// Whether `pid` is the main process of another run under way.
@@ -412,6 +427,25 @@ mod tests {
         assert_eq!(run.besides(leaders).marked().await, vec![other_pid]);
         let _ = other.kill();
         let _ = other.wait();
+    }
+
+    #[test]
+    fn a_short_window_probes_neither_a_reaped_main_process_nor_other_runs_ones() {
+        let leaders = Arc::new(Leaders::default());
+        let run = RunProcesses::new(Some(Pid::from_raw(1000)), "m").besides(leaders.clone());
+        let window = || (1000..=1003).collect::<Vec<_>>();
+        let own = leaders.enter(Pid::from_raw(1000));
+        let other = leaders.enter(Pid::from_raw(1002));
+        // Under way, this run's main process is read; another's is not.
+        assert_eq!(run.worth_probing(window()), [1000, 1001, 1003]);
+        drop(own);
+        // Reaped, its pid is free: nothing there to read.
+        assert_eq!(run.worth_probing(window()), [1001, 1003]);
+        drop(other);
+        assert_eq!(run.worth_probing(window()), [1001, 1002, 1003]);
+        // Without the count of main processes, every pid is read.
+        let uncounted = RunProcesses::new(Some(Pid::from_raw(1000)), "m");
+        assert_eq!(uncounted.worth_probing(window()), window());
     }
 
     #[test]
